@@ -1,0 +1,63 @@
+"""Name -> object registries for tasks, judges and backends.
+
+Entries may be registered eagerly with a decorator or lazily as "module:attr"
+strings, so that heavy optional dependencies are imported only when used.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+
+class UnknownName(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
+        return str(self.args[0])
+
+
+class Registry:
+    def __init__(self, what: str):
+        self.what = what
+        self._items: dict[str, Any] = {}
+
+    def register(self, name: str, obj: Any = None):
+        if obj is not None:
+            self._items[name] = obj
+            return obj
+
+        def deco(o):
+            self._items[name] = o
+            return o
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def get(self, name: str) -> Any:
+        if name not in self._items:
+            close = difflib.get_close_matches(name, self._items, n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise UnknownName(f"unknown {self.what} '{name}'. Known: {', '.join(self.names())}.{hint}")
+        obj = self._items[name]
+        if isinstance(obj, str):
+            module, _, attr = obj.partition(":")
+            obj = getattr(importlib.import_module(module), attr)
+            self._items[name] = obj
+        return obj
+
+
+TASKS = Registry("task")
+JUDGES = Registry("judge")
+BACKENDS = Registry("backend")
+
+# Built-in entries, imported lazily.
+BACKENDS.register("hf", "harness.backends.hf:HFBackend")
+BACKENDS.register("openai", "harness.backends.openai_backend:OpenAIBackend")
+BACKENDS.register("vllm", "harness.backends.vllm_backend:VLLMBackend")
+
+TASKS.register("mt_bench", "tasks.mt_bench:MTBench")
+TASKS.register("alpaca_eval", "tasks.alpaca_eval:AlpacaEval")
+TASKS.register("arena_hard", "tasks.arena_hard:ArenaHard")
+TASKS.register("multifaceted_bench", "tasks.multifaceted.task:MultifacetedBench")
+TASKS.register("real_toxicity_prompts", "tasks.real_toxicity_prompts:RealToxicityPrompts")

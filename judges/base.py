@@ -1,0 +1,98 @@
+"""A judge turns (instance, completion) into judge requests and parses the answers.
+
+Judges never know about files or HTTP: they build ``JudgeCall``s (messages plus
+how to read the answer) and parse text or logprobs into values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.backends.base import GenResult
+from harness.records import Completion, Instance
+
+
+@dataclass
+class Parsed:
+    value: Any
+    ok: bool
+    reason: str = ""
+
+
+@dataclass
+class JudgeCall:
+    """One request to the judge model and how its answer is read."""
+
+    criterion: str  # e.g. "turn1", "rubric2/run0", "game2"
+    messages: list[dict]
+    max_tokens: int = 2048
+    temperature: float = 0.0
+    baseline: str | None = None
+    position: str | None = None
+    # logprob scoring: the judge's answer is continued from ``prefix`` for one token and
+    # the value is read from the top logprobs over ``allowed`` tokens
+    logprob_prefix: str | None = None
+    allowed: list[str] | None = None
+    top_logprobs: int = 20
+    # ask for logprobs of the generated tokens even without a prefix (AlpacaEval's weighted judge)
+    want_logprobs: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+class Judge:
+    """Base class. ``calls`` builds requests; ``parse`` reads text answers."""
+
+    name = "judge"
+    version = "1"
+    #: "text" (parse printed output) or "logprob" (read token probabilities)
+    method = "text"
+
+    def __init__(self, options: dict | None = None):
+        self.options = dict(options or {})
+
+    def config(self) -> dict:
+        """What identifies this judge's behaviour (hashed into judgment keys)."""
+        return {"name": self.name, "version": self.version, "method": self.method, **self.options}
+
+    def calls(self, instance: Instance, completion: Completion, **context) -> list[JudgeCall]:
+        raise NotImplementedError
+
+    def parse(self, text: str, call: JudgeCall) -> Parsed:
+        raise NotImplementedError
+
+    def parse_result(self, result: GenResult, call: JudgeCall) -> Parsed:
+        if call.logprob_prefix is not None:
+            return parse_logprob_choice(result, call.allowed or [])
+        return self.parse(result.text, call)
+
+
+def parse_logprob_choice(result: GenResult, allowed: list[str], reduce: str = "argmax") -> Parsed:
+    """Read a score from the first generated token's top logprobs over ``allowed`` tokens.
+
+    Returns the most probable allowed token (``argmax``) and records the normalised
+    distribution and its mean in the reason string for traceability.
+    """
+    if not result.logprobs:
+        return Parsed(None, False, "no logprobs returned")
+    top = result.logprobs[0].top or [(result.logprobs[0].token, result.logprobs[0].logprob)]
+    probs: dict[str, float] = {}
+    for tok, lp in top:
+        t = tok.strip()
+        if t in allowed:
+            probs[t] = probs.get(t, 0.0) + math.exp(lp)
+    if not probs:
+        return Parsed(None, False, "no allowed token among top logprobs")
+    total = sum(probs.values())
+    dist = {k: v / total for k, v in probs.items()}
+    best = max(dist, key=dist.get)
+    try:
+        mean = sum(float(k) * p for k, p in dist.items())
+    except ValueError:
+        mean = None
+    value = best if reduce == "argmax" else mean
+    try:
+        value = float(value) if reduce == "argmax" else value
+    except (TypeError, ValueError):
+        pass
+    return Parsed(value, True, f"logprob dist={ {k: round(v, 4) for k, v in dist.items()} } mean={mean}")
