@@ -61,3 +61,5 @@ TASKS.register("alpaca_eval", "tasks.alpaca_eval:AlpacaEval")
 TASKS.register("arena_hard", "tasks.arena_hard:ArenaHard")
 TASKS.register("multifaceted_bench", "tasks.multifaceted.task:MultifacetedBench")
 TASKS.register("real_toxicity_prompts", "tasks.real_toxicity_prompts:RealToxicityPrompts")
+
+JUDGES.register("mt_bench_single", "judges.mt_bench_judge:MTBenchSingleJudge")

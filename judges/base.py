@@ -50,6 +50,8 @@ class Judge:
 
     def __init__(self, options: dict | None = None):
         self.options = dict(options or {})
+        # the run config's judge.method ("text" | "logprob") arrives as an option
+        self.method = self.options.pop("method", self.method)
 
     def config(self) -> dict:
         """What identifies this judge's behaviour (hashed into judgment keys)."""
@@ -67,11 +69,12 @@ class Judge:
         return self.parse(result.text, call)
 
 
-def parse_logprob_choice(result: GenResult, allowed: list[str], reduce: str = "argmax") -> Parsed:
+def parse_logprob_choice(result: GenResult, allowed: list[str], reduce: str = "mean") -> Parsed:
     """Read a score from the first generated token's top logprobs over ``allowed`` tokens.
 
-    Returns the most probable allowed token (``argmax``) and records the normalised
-    distribution and its mean in the reason string for traceability.
+    ``mean`` (default) returns the probability-weighted score (G-Eval style), which
+    separates answers a small judge would all print the same digit for; ``argmax``
+    returns the most probable token. The distribution is kept in the reason string.
     """
     if not result.logprobs:
         return Parsed(None, False, "no logprobs returned")

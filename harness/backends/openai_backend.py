@@ -1,0 +1,156 @@
+"""Any OpenAI-compatible server (OpenAI, vLLM serve, llama.cpp server, ``harness serve``).
+
+Uses the official ``openai`` async client with its own retries switched off: retries,
+limits and caching belong to the call layer. Requests that differ only in their
+sample index are sent as one call with ``n``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob, TransientError
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+    max_batch = 1
+    supports_n = True
+    default_concurrency = 16
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout_s: float = 120.0, rps: float | None = None, supports_n: bool = True,
+                 extra_body: dict | None = None, **options):
+        super().__init__(model, **options)
+        import logging
+
+        import openai
+
+        # httpx logs every request at INFO; a judge run makes thousands
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self.base_url = base_url
+        self.rps = rps
+        self.supports_n = supports_n
+        self.extra_body = dict(extra_body or {})
+        # the key is read here and handed to the client only: it never enters a record
+        key = os.environ.get(api_key_env) or ("EMPTY" if base_url else None)
+        if key is None:
+            raise ValueError(f"openai backend: environment variable {api_key_env} is not set")
+        self._client_args = dict(base_url=base_url, api_key=key, max_retries=0, timeout=timeout_s)
+        self._clients: dict[int, object] = {}
+        self._openai = openai
+
+    @property
+    def _client(self):
+        # an async client is bound to the event loop it first ran on
+        import asyncio
+
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._clients:
+            self._clients[loop] = self._openai.AsyncOpenAI(**self._client_args)
+        return self._clients[loop]
+
+    @property
+    def model_id(self) -> str:
+        # the served model name identifies the answers; the URL is a transport setting
+        return f"openai:{self.model}"
+
+    async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        r0 = requests[0]
+        n = len(requests)
+        t0 = time.perf_counter()
+        try:
+            if r0.messages is not None:
+                results = await self._chat(r0, n)
+            else:
+                results = await self._completion(r0, n)
+        except self._openai.RateLimitError as e:
+            raise TransientError(f"429 rate limited", retry_after=_retry_after(e)) from e
+        except self._openai.APIStatusError as e:
+            if e.status_code >= 500 or e.status_code in (408, 409):
+                raise TransientError(f"HTTP {e.status_code}", retry_after=_retry_after(e)) from e
+            raise
+        except (self._openai.APITimeoutError, self._openai.APIConnectionError) as e:
+            raise TransientError(f"{type(e).__name__}") from e
+        except (json.JSONDecodeError, self._openai.APIResponseValidationError) as e:
+            raise TransientError(f"malformed response: {e}") from e
+        latency = (time.perf_counter() - t0) / n
+        for r in results:
+            r.latency_s = latency
+        return results
+
+    def _common(self, r: GenRequest, n: int) -> tuple[dict, dict]:
+        kw = dict(model=self.model, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
+        if n > 1:
+            kw["n"] = n
+        if r.stop:
+            kw["stop"] = r.stop
+        if r.seed is not None:
+            kw["seed"] = r.seed
+        extra = dict(self.extra_body)
+        if r.repetition_penalty:
+            extra["repetition_penalty"] = r.repetition_penalty  # vLLM / harness serve extension
+        return kw, extra
+
+    async def _chat(self, r: GenRequest, n: int) -> list[GenResult]:
+        kw, extra = self._common(r, n)
+        if r.logprobs or r.top_logprobs:
+            kw["logprobs"] = True
+            if r.top_logprobs:
+                kw["top_logprobs"] = r.top_logprobs
+        if r.continue_final_message:
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        resp = await self._client.chat.completions.create(messages=r.messages, extra_body=extra or None, **kw)
+        if not getattr(resp, "choices", None):
+            raise TransientError("malformed response: no choices")
+        out = []
+        for ch in sorted(resp.choices, key=lambda c: c.index):
+            lps = None
+            if ch.logprobs is not None and ch.logprobs.content is not None:
+                lps = [TokenLogprob(t.token, t.logprob, [(x.token, x.logprob) for x in (t.top_logprobs or [])])
+                       for t in ch.logprobs.content]
+            out.append(GenResult(text=ch.message.content or "", finish_reason=ch.finish_reason or ""))
+            out[-1].logprobs = lps
+        return _attach_usage(out, resp, n)
+
+    async def _completion(self, r: GenRequest, n: int) -> list[GenResult]:
+        kw, extra = self._common(r, n)
+        if r.logprobs or r.top_logprobs:
+            kw["logprobs"] = max(1, r.top_logprobs)
+        resp = await self._client.completions.create(prompt=r.prompt, extra_body=extra or None, **kw)
+        if not getattr(resp, "choices", None):
+            raise TransientError("malformed response: no choices")
+        out = []
+        for ch in sorted(resp.choices, key=lambda c: c.index):
+            lps = None
+            if ch.logprobs is not None and ch.logprobs.tokens is not None:
+                tops = ch.logprobs.top_logprobs or [None] * len(ch.logprobs.tokens)
+                lps = [TokenLogprob(t, lp, sorted((top or {}).items(), key=lambda kv: -kv[1]))
+                       for t, lp, top in zip(ch.logprobs.tokens, ch.logprobs.token_logprobs, tops)]
+            out.append(GenResult(text=ch.text or "", finish_reason=ch.finish_reason or "", logprobs=lps))
+        return _attach_usage(out, resp, n)
+
+    def close(self) -> None:
+        pass
+
+
+def _attach_usage(out: list[GenResult], resp, n: int) -> list[GenResult]:
+    if len(out) != n:
+        raise TransientError(f"malformed response: asked for {n} choices, got {len(out)}")
+    usage = getattr(resp, "usage", None)
+    if usage is not None:
+        # the prompt is billed once per call; completion tokens are split over the choices
+        out[0].prompt_tokens = usage.prompt_tokens or 0
+        per = (usage.completion_tokens or 0) / n
+        for o in out:
+            o.completion_tokens = len(o.logprobs) if o.logprobs else int(round(per))
+    return out
+
+
+def _retry_after(e) -> float | None:
+    try:
+        v = e.response.headers.get("retry-after")
+        return float(v) if v is not None else None
+    except (AttributeError, ValueError, TypeError):
+        return None

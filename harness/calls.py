@@ -1,0 +1,284 @@
+"""The one road to any model: cache -> limiter -> retry -> backend -> cache write.
+
+Every generation, judge, reward-scoring and toxicity-API call goes through
+``CallLayer.run``. It is generic over backends and requests (see ``Backend`` in
+``harness.backends.base``): a request knows its cache key, a result can be turned
+into a dict and back.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from harness.backends.base import TransientError
+
+log = logging.getLogger("harness.calls")
+
+
+@dataclass
+class CallSettings:
+    concurrency: int | None = None  # None: the backend's default
+    rps: float | None = None  # requests per second; None: unlimited
+    max_retries: int = 6
+    timeout_s: float | None = 120.0  # per HTTP call; local backends ignore it
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    parse_retries: int = 2
+    reask_temperature: float = 0.7  # a re-ask of a greedy judge would repeat itself
+    # model id -> {"prompt": $ per 1M tokens, "completion": $ per 1M tokens}
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    progress: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CallSettings":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"calls: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+
+@dataclass
+class CallStats:
+    requests: int = 0
+    cached: int = 0
+    sent: int = 0  # backend calls made (one may serve several requests)
+    retries: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    def add(self, other: "CallStats") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CallCache:
+    """Content-addressed response cache in SQLite (WAL)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, model TEXT, data TEXT, created REAL)")
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        uniq = list(dict.fromkeys(keys))
+        with self._lock:
+            for i in range(0, len(uniq), 500):
+                chunk = uniq[i:i + 500]
+                q = f"SELECT key, data FROM cache WHERE key IN ({','.join('?' * len(chunk))})"
+                for k, data in self._db.execute(q, chunk):
+                    out[k] = json.loads(data)
+        return out
+
+    def put_many(self, items: list[tuple[str, str, dict]]) -> None:
+        if not items:
+            return
+        now = time.time()
+        rows = [(k, m, json.dumps(d, ensure_ascii=False), now) for k, m, d in items]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", rows)
+            self._db.execute("COMMIT")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _price(prices: dict, model_id: str, model: str) -> dict | None:
+    return prices.get(model_id) or prices.get(model)
+
+
+class CallLayer:
+    """Cache lookup, concurrency and rate limits, retries, accounting."""
+
+    def __init__(self, cache_path: str | Path, settings: CallSettings | None = None):
+        self.settings = settings or CallSettings()
+        self.cache = CallCache(cache_path)
+        self.stats = CallStats()
+        self._limiters: dict[str, AsyncLimiter] = {}
+
+    def _limiter(self, backend) -> AsyncLimiter | None:
+        rps = getattr(backend, "rps", None) or self.settings.rps
+        if not rps:
+            return None
+        key = backend.model_id
+        if key not in self._limiters:
+            # max_rate per 1 s window; a burst of at most ceil(rps) requests
+            self._limiters[key] = AsyncLimiter(max(1.0, rps), 1.0 if rps >= 1 else 1.0 / rps)
+        return self._limiters[key]
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), self.settings.backoff_max_s)
+        base = self.settings.backoff_base_s * (2 ** (state.attempt_number - 1))
+        return min(self.settings.backoff_max_s, base) * (0.5 + random.random() / 2)
+
+    async def run(self, backend, requests: Sequence[Any],
+                  on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Results in request order. A result whose retries ran out has ``error`` set."""
+        result_cls = getattr(backend, "result_class", None)
+        if result_cls is None:
+            from harness.backends.base import GenResult as result_cls  # noqa: N813
+        stats = CallStats(requests=len(requests))
+        keys = [r.cache_key(backend.model_id) for r in requests]
+        hits = self.cache.get_many(keys)
+        results: list[Any] = [None] * len(requests)
+        misses: list[int] = []
+        for i, k in enumerate(keys):
+            if k in hits:
+                res = result_cls.from_dict(hits[k])
+                res.cached = True
+                results[i] = res
+                stats.cached += 1
+                if on_result:
+                    on_result(i, res)
+            else:
+                misses.append(i)
+
+        batches = self._batches(backend, requests, misses)
+        conc = self.settings.concurrency or getattr(backend, "default_concurrency", 1)
+        sem = asyncio.Semaphore(conc)
+        limiter = self._limiter(backend)
+        timeout = None if getattr(backend, "local", False) else self.settings.timeout_s
+        price = _price(self.settings.prices, backend.model_id, getattr(backend, "model", ""))
+        progress = None
+        if self.settings.progress and batches:
+            from tqdm import tqdm
+            progress = tqdm(total=len(misses), desc=f"{backend.name}:{getattr(backend, 'model', '')}"[:40],
+                            unit="call", leave=False)
+
+        async def one(batch: list[int]) -> None:
+            reqs = [requests[i] for i in batch]
+            async with sem:
+                try:
+                    async for attempt in AsyncRetrying(
+                            stop=stop_after_attempt(self.settings.max_retries + 1),
+                            wait=self._wait, retry=retry_if_exception_type(TransientError), reraise=True):
+                        with attempt:
+                            if attempt.retry_state.attempt_number > 1:
+                                stats.retries += 1
+                            if limiter is not None:
+                                await limiter.acquire()
+                            stats.sent += 1
+                            try:
+                                coro = backend.generate(reqs)
+                                outs = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+                            except asyncio.TimeoutError as e:
+                                raise TransientError(f"timeout after {timeout}s") from e
+                    err = None
+                except Exception as e:  # retries exhausted or a permanent error
+                    err = f"{type(e).__name__}: {e}"
+                    outs = None
+            if outs is None:
+                outs = [result_cls(error=err) for _ in batch]
+                stats.failed += len(batch)
+            to_cache = []
+            for i, res in zip(batch, outs):
+                if res.error is None:
+                    if price:
+                        res.cost = (getattr(res, "prompt_tokens", 0) * price.get("prompt", 0.0)
+                                    + getattr(res, "completion_tokens", 0) * price.get("completion", 0.0)) / 1e6
+                    to_cache.append((keys[i], backend.model_id, res.to_dict()))
+                    stats.prompt_tokens += getattr(res, "prompt_tokens", 0)
+                    stats.completion_tokens += getattr(res, "completion_tokens", 0)
+                    stats.cost += getattr(res, "cost", 0.0)
+                results[i] = res
+            self.cache.put_many(to_cache)
+            for i, res in zip(batch, outs):
+                if on_result:
+                    on_result(i, res)
+            if progress is not None:
+                progress.update(len(batch))
+                if stats.cost:
+                    progress.set_postfix(cost=f"${self.stats.cost + stats.cost:.4f}")
+
+        try:
+            await asyncio.gather(*(one(b) for b in batches))
+        finally:
+            if progress is not None:
+                progress.close()
+            self.stats.add(stats)
+        return results
+
+    def _batches(self, backend, requests, misses: list[int]) -> list[list[int]]:
+        """Group cache misses into backend calls."""
+        if getattr(backend, "supports_n", False):
+            groups: dict[str, list[int]] = {}
+            for i in misses:
+                groups.setdefault(requests[i].group_key(), []).append(i)
+            return list(groups.values())
+        size = max(1, getattr(backend, "max_batch", 1))
+        if size > 1 and hasattr(backend, "sort_key"):
+            # similar lengths together: less padding, same results (rows are independent)
+            misses = sorted(misses, key=lambda i: backend.sort_key(requests[i]))
+        return [misses[j:j + size] for j in range(0, len(misses), size)]
+
+    async def run_parsed(self, backend, requests: Sequence[Any], parse: Callable[[Any, int], Any],
+                         on_final: Callable[[int, Any, Any, int], None] | None = None):
+        """Run, parse, and re-ask parse failures up to ``parse_retries`` times.
+
+        ``parse(result, index)`` returns an object with ``ok``. Returns a list of
+        (result, parsed, attempts). Re-asks carry ``attempt`` in their cache key; a
+        greedy request is re-asked at ``reask_temperature``.
+        """
+        final: list[Any] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        current = list(requests)
+        for attempt in range(self.settings.parse_retries + 1):
+            if not pending:
+                break
+            last = attempt == self.settings.parse_retries
+            retry: list[int] = []
+
+            def handle(j: int, res, pending=pending, retry=retry, attempt=attempt, last=last) -> None:
+                # called as each result arrives, so finished work is recorded before a crash
+                i = pending[j]
+                parsed = parse(res, i) if res.error is None else None
+                if res.error is None and not parsed.ok and not last:
+                    req = current[i]
+                    changes = {"attempt": attempt + 1}
+                    if getattr(req, "temperature", None) == 0.0:
+                        changes["temperature"] = self.settings.reask_temperature
+                    current[i] = dataclasses.replace(req, **changes)
+                    retry.append(i)
+                    return
+                final[i] = (res, parsed, attempt + 1)
+                if on_final:
+                    on_final(i, res, parsed, attempt + 1)
+
+            await self.run(backend, [current[i] for i in pending], on_result=handle)
+            pending = sorted(retry)
+        return final
+
+    def close(self) -> None:
+        self.cache.close()

@@ -1,0 +1,154 @@
+"""Run config (YAML) -> typed objects. CLI flags override fields after loading.
+
+Every validation error names the file and the field, e.g.
+``configs/demo.yaml: models[0].backend: unknown backend 'hff'``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.registry import BACKENDS, JUDGES, TASKS, UnknownName
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    backend: str = "hf"
+    model: str = "default"  # path, hub id, or served model name
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    options: dict = field(default_factory=dict)  # backend options (batch_size, chat_template, ...)
+    generation: dict = field(default_factory=dict)  # overrides of the task's generation spec
+    serve: dict | None = None  # start `harness serve` for this model: {model, batch_size, chat_template}
+
+    def backend_kwargs(self) -> dict:
+        kw = dict(self.options)
+        if self.backend == "openai":
+            kw.update(base_url=self.base_url, api_key_env=self.api_key_env)
+        return kw
+
+
+@dataclass
+class JudgeConfig(ModelConfig):
+    method: str = "text"  # text | logprob
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    limit: int | None = None
+    judge: str | None = None  # judge name; default: the task's own
+    options: dict = field(default_factory=dict)
+    judge_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out: str | None = None
+    data_dir: str | None = None
+    seed: int = 0
+    models: list[ModelConfig] = field(default_factory=list)
+    judge: JudgeConfig | None = None
+    tasks: list[TaskConfig] = field(default_factory=list)
+    calls: dict = field(default_factory=dict)
+    source: str = ""  # file it was read from
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+def _build(cls, d: Any, where: str, file: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{file}: {where}: expected a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{file}: {where}: unknown field(s) {unknown}; known: {sorted(names)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [r for r in required if r not in d]
+    if missing:
+        raise ConfigError(f"{file}: {where}: missing field(s) {missing}")
+    return cls(**d)
+
+
+def parse_config(raw: dict, file: str = "<config>") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: top level must be a mapping")
+    raw = dict(raw)
+    models = [_build(ModelConfig, m, f"models[{i}]", file) for i, m in enumerate(raw.pop("models", []) or [])]
+    judge = raw.pop("judge", None)
+    judge = _build(JudgeConfig, judge, "judge", file) if judge is not None else None
+    tasks = []
+    for i, t in enumerate(raw.pop("tasks", []) or []):
+        if isinstance(t, str):
+            t = {"name": t}
+        tasks.append(_build(TaskConfig, t, f"tasks[{i}]", file))
+    cfg = _build(RunConfig, {**raw, "models": models, "judge": judge, "tasks": tasks, "source": file}, "top level", file)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    f = cfg.source or "<config>"
+    for i, m in enumerate(cfg.models):
+        _check_name(BACKENDS, m.backend, f"{f}: models[{i}].backend")
+        _check_model_path(m, f"{f}: models[{i}].model")
+    if cfg.judge is not None:
+        _check_name(BACKENDS, cfg.judge.backend, f"{f}: judge.backend")
+        if cfg.judge.method not in ("text", "logprob"):
+            raise ConfigError(f"{f}: judge.method: must be 'text' or 'logprob', got '{cfg.judge.method}'")
+        _check_model_path(cfg.judge, f"{f}: judge.model")
+        if cfg.judge.serve is not None:
+            _check_model_path(ModelConfig(name="serve", backend="hf", model=cfg.judge.serve.get("model", "default")),
+                              f"{f}: judge.serve.model")
+    for i, t in enumerate(cfg.tasks):
+        _check_name(TASKS, t.name, f"{f}: tasks[{i}].name")
+        if t.judge:
+            _check_name(JUDGES, t.judge, f"{f}: tasks[{i}].judge")
+        if t.limit is not None and (not isinstance(t.limit, int) or t.limit < 1):
+            raise ConfigError(f"{f}: tasks[{i}].limit: must be a positive integer, got {t.limit!r}")
+    names = [m.name for m in cfg.models]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{f}: models: duplicate model name(s) {sorted(dup)}")
+
+
+def _check_name(reg, name, where):
+    # only the name is checked: importing an entry may need optional extras
+    if name not in reg.names():
+        try:
+            reg.get(name)
+        except UnknownName as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_model_path(m: ModelConfig, where: str) -> None:
+    if m.backend in ("hf", "vllm"):
+        p = m.model
+        if p.startswith(("/", ".", "~")) and not Path(os.path.expanduser(p)).exists():
+            raise ConfigError(f"{where}: model path does not exist: {p}")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config(raw or {}, str(path))

@@ -1,0 +1,81 @@
+"""Dataset locations: ``HARNESS_DATA_DIR``, pulling from a local mirror, sha256 checks.
+
+Each dataset folder carries a ``SHA256SUMS`` file (``<sha256>  <relative path>``);
+``harness data pull --from DIR`` copies the folders and verifies every listed file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+DATASETS = ["mt_bench", "alpaca_eval_2", "arena_hard_v0.1", "flask", "koala", "self_instruct",
+            "realtoxicityprompts", "oracles"]
+
+
+def data_dir() -> Path:
+    env = os.environ.get("HARNESS_DATA_DIR")
+    if env:
+        return Path(env)
+    from harness.models import cache_root
+
+    return cache_root() / "data"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_dir(folder: Path) -> list[str]:
+    """Problems found checking ``folder/SHA256SUMS`` (empty list: all good)."""
+    sums = folder / "SHA256SUMS"
+    if not sums.exists():
+        return []
+    problems = []
+    for line in sums.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, _, rel = line.partition("  ")
+        p = folder / rel.strip()
+        if not p.exists():
+            problems.append(f"{p}: missing")
+        elif sha256_file(p) != digest.strip():
+            problems.append(f"{p}: sha256 mismatch")
+    return problems
+
+
+def pull(source: str | Path, dest: str | Path | None = None, datasets: list[str] | None = None) -> list[str]:
+    """Copy datasets from a local mirror and verify them. Returns the folders pulled."""
+    src, dst = Path(source), Path(dest) if dest else data_dir()
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: mirror directory not found")
+    pulled = []
+    for name in datasets or DATASETS:
+        s = src / name
+        if not s.exists():
+            continue
+        d = dst / name
+        tmp = dst / f".{name}.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(s, tmp)
+        problems = verify_dir(tmp)
+        if problems:
+            shutil.rmtree(tmp)
+            raise ValueError("; ".join(problems[:5]))
+        if d.exists():
+            shutil.rmtree(d)
+        tmp.rename(d)
+        pulled.append(name)
+    return pulled
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} not found (set HARNESS_DATA_DIR or run `harness data pull --from DIR`)")
+    return path

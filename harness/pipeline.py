@@ -1,0 +1,297 @@
+"""build -> generate -> judge -> aggregate, each step reading the previous step's records.
+
+Every step skips records already stored (by content key), so rerunning a command
+after a crash resumes it; the call cache makes calls that finished before a crash
+free on the rerun.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from harness.backends.base import GenRequest
+from harness.calls import CallLayer, CallSettings, CallStats
+from harness.config import JudgeConfig, ModelConfig, RunConfig, TaskConfig
+from harness.data import data_dir as default_data_dir
+from harness.records import Completion, Instance, Judgment, stable_hash
+from harness.registry import BACKENDS, JUDGES, TASKS
+from harness.store import RunStore, atomic_write_text, write_jsonl
+
+log = logging.getLogger("harness")
+
+PACKAGES = ["janus-harness", "torch", "transformers", "openai", "numpy", "pandas", "scipy", "scikit-learn",
+            "trl", "peft", "vllm", "alpaca-eval", "detoxify"]
+
+
+def environment() -> dict:
+    versions = {}
+    for p in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[p] = metadata.version(p)
+    commit = None
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "git_commit": commit, "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+
+
+def make_backend(cfg: ModelConfig):
+    cls = BACKENDS.get(cfg.backend)
+    return cls(cfg.model, **cfg.backend_kwargs())
+
+
+class Run:
+    """One run directory: config, environment, records, cache, exports."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path):
+        self.cfg = cfg
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.store = RunStore(self.dir)
+        self.calls = CallLayer(self.dir / "cache.sqlite", CallSettings.from_dict(cfg.calls))
+        self.data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+        self.summary: dict = {"generation": {}, "judging": {}}
+        self._servers: list = []
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(self.dir / "environment.json", json.dumps(environment(), indent=2))
+
+    # -- tasks
+    def task(self, tcfg: TaskConfig):
+        return TASKS.get(tcfg.name)(options=tcfg.options, data_dir=self.data_dir)
+
+    def build(self, tcfg: TaskConfig, instances: list[Instance] | None = None) -> list[Instance]:
+        if instances is None:
+            instances = load_instances(tcfg, self.data_dir)
+        self.store.put_many(instances)
+        return instances
+
+    # -- generate
+    async def generate(self, tcfg: TaskConfig, mcfg: ModelConfig, instances: list[Instance]) -> CallStats:
+        task = self.task(tcfg)
+        spec = task.generation_spec()
+        for k, v in mcfg.generation.items():
+            if not hasattr(spec, k):
+                raise ValueError(f"models[{mcfg.name}].generation.{k}: unknown generation setting")
+            setattr(spec, k, v)
+        backend = self._backend(mcfg)
+        gen_hash = stable_hash({"spec": spec.to_dict(), "model_id": backend.model_id})
+        before = CallStats(**self.calls.stats.to_dict())
+        done = self.store.keys("completion")
+        todo = [(inst, s) for inst in instances for s in range(spec.n_samples)
+                if Completion(task.name, inst.id, mcfg.name, [], s, gen_config_hash=gen_hash).key not in done]
+        n_turns = max((len(i.turns) for i, _ in todo), default=0) if spec.chat else 1
+        answers: dict[tuple[str, int], list[str]] = {(i.id, s): [] for i, s in todo}
+        meta: dict[tuple[str, int], dict] = {k: {"finish": [], "pt": 0, "ct": 0, "lat": 0.0, "err": None}
+                                            for k in answers}
+        for t in range(n_turns):
+            active = [(i, s) for i, s in todo if t < len(i.turns) and meta[(i.id, s)]["err"] is None]
+            if not active:
+                break
+            reqs = [self._gen_request(task, spec, i, s, answers[(i.id, s)], t) for i, s in active]
+            results = await self.calls.run(backend, reqs)
+            for (inst, s), res in zip(active, results):
+                m = meta[(inst.id, s)]
+                if res.error:
+                    m["err"] = res.error
+                    continue
+                answers[(inst.id, s)].append(res.text)
+                m["finish"].append(res.finish_reason)
+                m["pt"] += res.prompt_tokens
+                m["ct"] += res.completion_tokens
+                m["lat"] += res.latency_s
+                if t == len(inst.turns) - 1 or not spec.chat:
+                    self.store.put(self._completion(task, mcfg, inst, s, gen_hash, answers, m, backend))
+        for inst, s in todo:  # failures are stored too, so the summary can count them
+            m = meta[(inst.id, s)]
+            if m["err"] is not None:
+                self.store.put(self._completion(task, mcfg, inst, s, gen_hash, answers, m, backend))
+        delta = _delta(self.calls.stats, before)
+        self.summary["generation"][f"{task.name}/{mcfg.name}"] = {
+            "todo": len(todo), "skipped_done": len(instances) * spec.n_samples - len(todo), **delta.to_dict()}
+        return delta
+
+    def _gen_request(self, task, spec, inst: Instance, s: int, prev: list[str], t: int) -> GenRequest:
+        extra = task.sampling_for(inst) if hasattr(task, "sampling_for") else {}
+        kw = dict(max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p,
+                  repetition_penalty=spec.repetition_penalty, stop=spec.stop, sample_index=s,
+                  seed=self.cfg.seed)
+        kw.update(extra)
+        if not spec.chat:
+            return GenRequest(prompt=inst.turns[0], **kw)
+        msgs = [{"role": "system", "content": inst.system}] if inst.system else []
+        for j in range(t):
+            msgs += [{"role": "user", "content": inst.turns[j]}, {"role": "assistant", "content": prev[j]}]
+        msgs.append({"role": "user", "content": inst.turns[t]})
+        return GenRequest(messages=msgs, **kw)
+
+    def _completion(self, task, mcfg, inst, s, gen_hash, answers, m, backend) -> Completion:
+        return Completion(task=task.name, instance_id=inst.id, model=mcfg.name, texts=answers[(inst.id, s)],
+                          sample_index=s, finish_reasons=m["finish"], prompt_tokens=m["pt"],
+                          completion_tokens=m["ct"], latency_s=m["lat"], backend=backend.name,
+                          gen_config_hash=gen_hash, status="error" if m["err"] else "ok", error=m["err"])
+
+    # -- judge
+    async def judge(self, tcfg: TaskConfig, jcfg: JudgeConfig, models: list[str] | None = None) -> CallStats:
+        task = self.task(tcfg)
+        judge_name = tcfg.judge or task.default_judge
+        if judge_name is None:
+            return CallStats()
+        judge = JUDGES.get(judge_name)({**tcfg.judge_options, "method": jcfg.method}
+                                       if jcfg.method == "logprob" else dict(tcfg.judge_options))
+        backend = self._backend(jcfg)
+        jhash = stable_hash({"judge": judge.config(), "judge_model": backend.model_id})
+        instances = {i.id: i for i in self.store.iter("instance", task=task.name)}
+        done = self.store.keys("judgment")
+        before = CallStats(**self.calls.stats.to_dict())
+        pending: list[tuple[Judgment, object]] = []
+        for c in self.store.iter("completion", task=task.name):
+            if c.status != "ok" or (models and c.model not in models) or c.instance_id not in instances:
+                continue
+            for call in judge.calls(instances[c.instance_id], c):
+                rec = Judgment(task=task.name, instance_id=c.instance_id, model=c.model, judge=judge.name,
+                               judge_model=jcfg.name, judge_config_hash=jhash, criterion=call.criterion,
+                               completion_key=c.key, baseline=call.baseline, position=call.position,
+                               prompt=call.messages, method="logprob" if call.logprob_prefix is not None else "text")
+                if rec.key not in done:
+                    pending.append((rec, call))
+        reqs = [self._judge_request(call) for _, call in pending]
+        counts = {"ok": 0, "parse_failure": 0, "error": 0}
+
+        def on_final(i, res, parsed, attempts):
+            rec, call = pending[i]
+            rec.attempts = attempts
+            rec.raw = res.text if res.error is None else None
+            rec.prompt_tokens, rec.completion_tokens, rec.cost = res.prompt_tokens, res.completion_tokens, res.cost
+            if res.error is not None:
+                rec.parse_status, rec.details = "error", {"error": res.error}
+            elif parsed.ok:
+                rec.parse_status, rec.value = "ok", parsed.value
+                if parsed.reason:
+                    rec.details = {"parse": parsed.reason}
+            else:
+                rec.parse_status, rec.value, rec.details = "parse_failure", parsed.value, {"parse": parsed.reason}
+            counts[rec.parse_status] += 1
+            self.store.put(rec)
+
+        await self.calls.run_parsed(backend, reqs, lambda res, i: judge.parse_result(res, pending[i][1]),
+                                    on_final=on_final)
+        delta = _delta(self.calls.stats, before)
+        self.summary["judging"][f"{task.name}/{judge.name}"] = {"todo": len(pending), **counts, **delta.to_dict()}
+        return delta
+
+    @staticmethod
+    def _judge_request(call) -> GenRequest:
+        if call.logprob_prefix is not None:
+            msgs = call.messages + [{"role": "assistant", "content": call.logprob_prefix}]
+            return GenRequest(messages=msgs, max_tokens=1, temperature=0.0, logprobs=True,
+                              top_logprobs=call.top_logprobs, continue_final_message=True)
+        return GenRequest(messages=call.messages, max_tokens=call.max_tokens, temperature=call.temperature,
+                          logprobs=call.want_logprobs, top_logprobs=call.top_logprobs if call.want_logprobs else 0)
+
+    def _backend(self, mcfg: ModelConfig):
+        if mcfg.serve is not None and not mcfg.base_url:
+            from harness.serve import start_server_process
+
+            opts = dict(mcfg.serve)
+            proc, url = start_server_process(opts.get("model", "default"), mcfg.model,
+                                             batch_size=int(opts.get("batch_size", 8)),
+                                             chat_template=opts.get("chat_template", "tokenizer"),
+                                             log_path=str(self.dir / "serve.log"))
+            self._servers.append(proc)
+            mcfg.base_url = url
+        return make_backend(mcfg)
+
+    # -- aggregate
+    def aggregate(self, tasks: list[TaskConfig]) -> dict:
+        results, failures = {}, {}
+        (self.dir / "samples").mkdir(exist_ok=True)
+        for tcfg in tasks:
+            task = self.task(tcfg)
+            inst = self.store.all("instance", task=task.name)
+            comps = self.store.all("completion", task=task.name)
+            judg = self.store.all("judgment", task=task.name)
+            scores = self.store.all("score", task=task.name)
+            ok_comps = [c for c in comps if c.status == "ok"]
+            results[task.name] = task.aggregate(inst, ok_comps, judg, scores)
+            write_jsonl(self.dir / "samples" / f"{task.name}.jsonl", task.per_sample(inst, ok_comps, judg, scores))
+            failures[task.name] = {
+                "generation_errors": sum(c.status != "ok" for c in comps),
+                "judge_errors": sum(j.parse_status == "error" for j in judg),
+                "judge_parse_failures": sum(j.parse_status == "parse_failure" for j in judg),
+            }
+        out = {"run": {"name": self.cfg.name, "created": datetime.now(timezone.utc).isoformat(),
+                       "dir": str(self.dir)},
+               "results": results, "failures": failures, "calls": self.calls.stats.to_dict(),
+               "summary": self.summary}
+        atomic_write_text(self.dir / "results.json", json.dumps(out, indent=2, default=str))
+        from reports.run_leaderboard import write_run_leaderboard
+
+        write_run_leaderboard(self.dir, results)
+        return out
+
+    def close(self) -> None:
+        for p in self._servers:
+            p.terminate()
+            with contextlib.suppress(Exception):
+                p.wait(timeout=10)
+        self.calls.close()
+        self.store.close()
+
+
+def load_instances(tcfg: TaskConfig, data_dir: Path) -> list[Instance]:
+    task = TASKS.get(tcfg.name)(options=tcfg.options, data_dir=data_dir)
+    instances = task.load()
+    if tcfg.limit:
+        instances = instances[: tcfg.limit]
+    ids = [i.id for i in instances]
+    if len(set(ids)) != len(ids):
+        dup = sorted({x for x in ids if ids.count(x) > 1})[:5]
+        raise ValueError(f"task {tcfg.name}: duplicate instance ids {dup}")
+    return instances
+
+
+def _delta(now: CallStats, before: CallStats) -> CallStats:
+    d = CallStats()
+    for k in d.to_dict():
+        setattr(d, k, getattr(now, k) - getattr(before, k))
+    return d
+
+
+async def run_all(cfg: RunConfig, out_dir: str | Path, steps=("build", "generate", "judge", "aggregate"),
+                  models: list[str] | None = None) -> dict:
+    # read and validate every task's data before creating anything on disk
+    data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+    loaded = {t.name: load_instances(t, data) for t in cfg.tasks} if "build" in steps else {}
+    run = Run(cfg, out_dir)
+    try:
+        for tcfg in cfg.tasks:
+            instances = (run.build(tcfg, loaded[tcfg.name]) if "build" in steps
+                         else run.store.all("instance", task=tcfg.name))
+            if "generate" in steps:
+                for m in cfg.models:
+                    if models and m.name not in models:
+                        continue
+                    st = await run.generate(tcfg, m, instances)
+                    log.info("generate %s/%s: %d requests, %d from cache, %d failed",
+                             tcfg.name, m.name, st.requests, st.cached, st.failed)
+        if "judge" in steps and cfg.judge is not None:
+            for tcfg in cfg.tasks:
+                st = await run.judge(tcfg, cfg.judge, models)
+                log.info("judge %s: %d requests, %d from cache, %d failed", tcfg.name, st.requests, st.cached,
+                         st.failed)
+        return run.aggregate(cfg.tasks) if "aggregate" in steps else {}
+    finally:
+        run.close()

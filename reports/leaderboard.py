@@ -1,0 +1,293 @@
+"""Merge run directories into one leaderboard: a row per model, a column group per benchmark.
+
+Reads, per run directory, ``results.json`` = {"run": {...}, "results": {task: {model: metrics}}}
+and ``samples/<task>.jsonl`` (rows with at least task, instance_id, model, score).
+
+Metric convention inside ``results[task][model]`` (what tasks write):
+* ``primary_metric``: name of the headline metric (optional; default: the first numeric key
+  that is not ``n`` and does not end in ``_lower``/``_upper``/``_se``).
+* ``<metric>_lower`` / ``<metric>_upper``: its confidence interval, when the task computed one
+  (e.g. Arena-Hard's official bootstrap percentiles).
+* ``n``: number of instances behind the number.
+* ``official_metrics``: list of metric names whose values come from (or equal) the official
+  implementation; these are shown unchanged and marked "official".
+* ``lower_is_better``: true for metrics where smaller is better (toxicity); used for sorting.
+
+Next to the task's own number, every cell carries the harness's CI: the mean of the
+per-sample ``score`` with a percentile bootstrap CI (seeded), computed from the samples so
+it can be traced to them. When a (task, model) pair appears in several runs, the later run
+directory on the command line wins and a note says so.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reports import stats
+from reports.significance import score_table
+
+TASK_ORDER = ["multifaceted_bench", "alpaca_eval", "arena_hard", "mt_bench", "real_toxicity_prompts"]
+REQUIRED_SAMPLE_FIELDS = ("task", "instance_id", "model", "score")
+CI_SUFFIXES = ("_lower", "_upper", "_se", "_ci")
+
+
+@dataclass
+class RunData:
+    path: Path
+    run: dict
+    results: dict  # task -> model -> metrics
+    samples: dict  # task -> list of rows
+
+
+@dataclass
+class Merged:
+    runs: list[RunData]
+    results: dict = field(default_factory=dict)  # task -> model -> metrics
+    samples: dict = field(default_factory=dict)  # task -> list of rows
+    source: dict = field(default_factory=dict)  # (task, model) -> run dir
+    notes: list = field(default_factory=list)
+
+    @property
+    def tasks(self) -> list[str]:
+        names = set(self.results) | set(self.samples)
+        return [t for t in TASK_ORDER if t in names] + sorted(names - set(TASK_ORDER))
+
+    @property
+    def models(self) -> list[str]:
+        names = {m for per in self.results.values() for m in per}
+        names |= {r["model"] for rows in self.samples.values() for r in rows}
+        return sorted(names)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_samples(path: Path) -> list[dict]:
+    """Rows of one samples/<task>.jsonl; a bad line is an error naming the file, line and field."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e}); truncated file?") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
+            for f in REQUIRED_SAMPLE_FIELDS:
+                if f not in row:
+                    raise ValueError(f"{path}:{lineno}: missing field '{f}'")
+            s = row["score"]
+            if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))):
+                raise ValueError(f"{path}:{lineno}: field 'score' must be a number or null, got {s!r}")
+            rows.append(row)
+    return rows
+
+
+def load_run(run_dir) -> RunData:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: run directory does not exist")
+    res_path = run_dir / "results.json"
+    results, run = {}, {"name": run_dir.name}
+    if res_path.exists():
+        doc = _read_json(res_path)
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
+            raise ValueError(f"{res_path}: missing field 'results' (expected {{task: {{model: metrics}}}})")
+        for task, per in doc["results"].items():
+            if not isinstance(per, dict) or not all(isinstance(m, dict) for m in per.values()):
+                raise ValueError(f"{res_path}: field 'results.{task}' must map model -> metrics dict")
+        results = doc["results"]
+        run = {**run, **(doc.get("run") or {})}
+    samples = {}
+    sdir = run_dir / "samples"
+    if sdir.is_dir():
+        for p in sorted(sdir.glob("*.jsonl")):
+            samples[p.stem] = read_samples(p)
+    if not results and not samples:
+        raise ValueError(f"{run_dir}: neither results.json nor samples/*.jsonl found")
+    return RunData(run_dir, run, results, samples)
+
+
+def merge_runs(run_dirs) -> Merged:
+    merged = Merged(runs=[load_run(d) for d in run_dirs])
+    for rd in merged.runs:
+        for task, per in rd.results.items():
+            for model, metrics in per.items():
+                key = (task, model)
+                if key in merged.source:
+                    merged.notes.append(f"{task}/{model}: {rd.path} replaces {merged.source[key]}")
+                merged.results.setdefault(task, {})[model] = metrics
+                merged.source[key] = str(rd.path)
+        for task, rows in rd.samples.items():
+            models_here = {r["model"] for r in rows}
+            kept = [r for r in merged.samples.get(task, []) if r["model"] not in models_here]
+            merged.samples[task] = kept + rows
+            for m in models_here:
+                merged.source.setdefault((task, m), str(rd.path))
+    return merged
+
+
+def primary_metric(metrics: dict) -> str | None:
+    name = metrics.get("primary_metric")
+    if name:
+        if name not in metrics:
+            raise ValueError(f"primary_metric {name!r} is not among the metrics {sorted(metrics)}")
+        return name
+    for k, v in metrics.items():
+        if k == "n" or k.endswith(CI_SUFFIXES) or isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            return k
+    return None
+
+
+def _num(x):
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def build(merged: Merged, B: int = stats.DEFAULT_B, seed: int = 0) -> dict:
+    """The leaderboard as data: {"tasks", "rows": [{"model", "cells": {task: cell}}], "notes"}."""
+    tables = {t: score_table(rows) for t, rows in merged.samples.items()}
+    rows = []
+    for model in merged.models:
+        cells = {}
+        for task in merged.tasks:
+            metrics = merged.results.get(task, {}).get(model)
+            per_inst = tables.get(task, {}).get(model)
+            if metrics is None and not per_inst:
+                continue
+            cell = {"metric": None, "value": None, "lower": None, "upper": None, "ci_source": None,
+                    "n": None, "official": False, "official_metrics": {}, "lower_is_better": False,
+                    "source_run": merged.source.get((task, model))}
+            if metrics:
+                name = primary_metric(metrics)
+                official = list(metrics.get("official_metrics") or [])
+                cell.update(metric=name, value=_num(metrics.get(name)) if name else None,
+                            n=metrics.get("n"), official=name in official,
+                            official_metrics={k: metrics.get(k) for k in official if k in metrics},
+                            lower_is_better=bool(metrics.get("lower_is_better", False)))
+                lo, hi = _num(metrics.get(f"{name}_lower")), _num(metrics.get(f"{name}_upper"))
+                if lo is not None and hi is not None:
+                    cell.update(lower=lo, upper=hi, ci_source="task")
+            if per_inst:
+                ci = stats.bootstrap_mean_ci(np.array(list(per_inst.values())), B=B, seed=seed)
+                cell["sample"] = {"mean": ci["mean"], "lower": ci["lower"], "upper": ci["upper"], "n": ci["n"]}
+                if cell["value"] is None:  # no task-level number: the sample mean is the score
+                    cell.update(metric="score (mean of samples)", value=ci["mean"], lower=ci["lower"],
+                                upper=ci["upper"], ci_source="bootstrap", n=ci["n"])
+                if cell["n"] is None:
+                    cell["n"] = ci["n"]
+            cells[task] = cell
+        rows.append({"model": model, "cells": cells})
+
+    def sort_key(row):
+        for task in merged.tasks:
+            c = row["cells"].get(task)
+            if c and c["value"] is not None:
+                return (0, -c["value"] if not c["lower_is_better"] else c["value"], row["model"])
+        return (1, 0, row["model"])
+
+    first = merged.tasks[0] if merged.tasks else None
+    rows.sort(key=lambda r: sort_key(r) if first else r["model"])
+    return {"tasks": merged.tasks, "rows": rows, "notes": list(merged.notes),
+            "runs": [{"path": str(r.path), **r.run} for r in merged.runs],
+            "bootstrap": {"B": B, "seed": seed, "level": 0.95}}
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def fmt(x, official: bool = False) -> str:
+    """Official numbers are printed unchanged (up to 10 significant digits); ours with 2-3 dp."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    if official:
+        return f"{x:.10g}"
+    return f"{x:.2f}" if abs(x) >= 10 else f"{x:.3f}"
+
+
+CSV_FIELDS = ("metric", "value", "lower", "upper", "ci_source", "n", "official",
+              "sample_mean", "sample_lower", "sample_upper", "sample_n")
+
+
+def to_csv(board: dict) -> str:
+    header = ["model"] + [f"{t}:{f}" for t in board["tasks"] for f in CSV_FIELDS]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in board["rows"]:
+        out = [row["model"]]
+        for t in board["tasks"]:
+            c = row["cells"].get(t)
+            if not c:
+                out += [""] * len(CSV_FIELDS)
+                continue
+            s = c.get("sample") or {}
+            out += [c["metric"] or "", "" if c["value"] is None else repr(c["value"]),
+                    "" if c["lower"] is None else repr(c["lower"]), "" if c["upper"] is None else repr(c["upper"]),
+                    c["ci_source"] or "", "" if c["n"] is None else c["n"], "yes" if c["official"] else "no",
+                    "" if not s else repr(s["mean"]), "" if not s else repr(s["lower"]),
+                    "" if not s else repr(s["upper"]), "" if not s else s["n"]]
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def cell_text(c: dict | None) -> tuple[str, str]:
+    """(task number with its CI and official mark, harness sample mean with bootstrap CI)."""
+    if not c:
+        return "", ""
+    main = fmt(c["value"], c["official"])
+    if c["lower"] is not None:
+        main += f" [{fmt(c['lower'], c['official'])}, {fmt(c['upper'], c['official'])}]"
+    if c["official"]:
+        main += " (official)"
+    s = c.get("sample")
+    ours = f"{fmt(s['mean'])} [{fmt(s['lower'])}, {fmt(s['upper'])}] n={s['n']}" if s else ""
+    return main, ours
+
+
+def to_markdown(board: dict) -> str:
+    lines = ["# Leaderboard", "",
+             "Per benchmark: the task's headline number (with the task's own CI where it has one; "
+             "\"(official)\" = computed as the official implementation does, shown unchanged), and the "
+             f"harness's mean of per-sample scores with a 95% percentile bootstrap CI "
+             f"(B={board['bootstrap']['B']}, seed {board['bootstrap']['seed']}) and n.", ""]
+    metric_of = {}
+    for row in board["rows"]:
+        for t, c in row["cells"].items():
+            metric_of.setdefault(t, c["metric"])
+    head = ["model"]
+    for t in board["tasks"]:
+        head += [f"{t}: {metric_of.get(t) or ''}", f"{t}: harness mean [95% CI]"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in board["rows"]:
+        out = [row["model"]]
+        for t in board["tasks"]:
+            out += list(cell_text(row["cells"].get(t)))
+        lines.append("| " + " | ".join(out) + " |")
+    for note in board["notes"]:
+        lines.append(f"\n> note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def write(board: dict, out_dir) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / "leaderboard.csv", "md": out_dir / "leaderboard.md", "json": out_dir / "leaderboard.json"}
+    paths["csv"].write_text(to_csv(board), encoding="utf-8")
+    paths["md"].write_text(to_markdown(board), encoding="utf-8")
+    from reports.significance import _json_safe
+
+    paths["json"].write_text(json.dumps(_json_safe(board), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths

@@ -1,0 +1,229 @@
+"""Figures for the report (matplotlib, Agg backend, 300 dpi PNG).
+
+Each function takes plain data (the leaderboard dict, per-sample rows, the significance
+result, a best-of-n table) and a path, draws one figure and returns the path (or None when
+the data for that figure is absent). No statistics are computed here beyond plain means.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 300
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 11, "axes.labelsize": 9, "figure.autolayout": False})
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def score_bars(board: dict, task: str, path) -> Path | None:
+    """Horizontal bars of each model's score on one benchmark with its 95% CI."""
+    items = []
+    for row in board["rows"]:
+        c = row["cells"].get(task)
+        if not c or c["value"] is None:
+            continue
+        lo, hi = c["lower"], c["upper"]
+        if lo is None and c.get("sample") and c["metric"] == "score (mean of samples)":
+            lo, hi = c["sample"]["lower"], c["sample"]["upper"]
+        items.append((row["model"], c["value"], lo, hi, c["official"], c["metric"]))
+    if not items:
+        return None
+    lower_is_better = any(r["cells"].get(task, {}).get("lower_is_better") for r in board["rows"])
+    items.sort(key=lambda t: t[1], reverse=lower_is_better)
+    names = [t[0] for t in items]
+    vals = np.array([t[1] for t in items])
+    err = np.array([[v - lo if lo is not None else 0, hi - v if hi is not None else 0]
+                    for _, v, lo, hi, _, _ in items]).T
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(items) + 1.4))
+    colors = ["#4c72b0" if not t[4] else "#dd8452" for t in items]
+    ax.barh(names, vals, xerr=err, color=colors, capsize=3, ecolor="#333333")
+    ax.set_xlabel(f"{items[0][5]} (95% CI)" + ("  — lower is better" if lower_is_better else ""))
+    ax.set_title(task)
+    ax.grid(axis="x", alpha=0.3)
+    if any(t[4] for t in items):
+        ax.text(1.0, -0.12 if len(items) > 3 else -0.3, "orange = official computation", transform=ax.transAxes,
+                ha="right", fontsize=7, color="#dd8452")
+    return _save(fig, path)
+
+
+def radar(values: dict[str, dict[str, float]], title: str, path, value_range=(1, 5)) -> Path | None:
+    """One polygon per model over the axes (e.g. sources or rubric dimensions)."""
+    axes = sorted({a for per in values.values() for a in per})
+    if len(axes) < 3 or not values:
+        return None  # a radar needs at least three spokes
+    angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False).tolist()
+    fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"polar": True})
+    for model, per in sorted(values.items()):
+        v = [per.get(a, np.nan) for a in axes]
+        ax.plot(angles + angles[:1], v + v[:1], linewidth=1.5, label=model)
+        ax.fill(angles + angles[:1], v + v[:1], alpha=0.08)
+    ax.set_xticks(angles)
+    ax.set_xticklabels(axes)
+    if value_range:
+        ax.set_ylim(*value_range)
+    ax.set_title(title, pad=18)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.12), fontsize=7)
+    return _save(fig, path)
+
+
+def multifaceted_radars(rows: list[dict], out_dir) -> list[Path]:
+    """Per-source and per-dimension radars from Multifaceted Bench samples (``source``, ``dims``)."""
+    by_source = defaultdict(lambda: defaultdict(list))
+    by_dim = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("score") is not None and r.get("source"):
+            by_source[r["model"]][r["source"]].append(float(r["score"]))
+        for dim, v in (r.get("dims") or {}).items():
+            if v is not None:
+                by_dim[r["model"]][dim].append(float(v))
+    out = []
+    mean = lambda d: {m: {k: float(np.mean(v)) for k, v in per.items()} for m, per in d.items()}  # noqa: E731
+    p = radar(mean(by_source), "Multifaceted Bench: mean score by source", Path(out_dir) / "radar_sources.png")
+    if p:
+        out.append(p)
+    p = radar(mean(by_dim), "Multifaceted Bench: mean score by dimension", Path(out_dir) / "radar_dimensions.png")
+    if p:
+        out.append(p)
+    return out
+
+
+def length_vs_score(samples_by_task: dict[str, list[dict]], path) -> Path | None:
+    """Per benchmark, each model's mean response length (characters) against its mean score."""
+    panels = []
+    for task, rows in samples_by_task.items():
+        acc = defaultdict(lambda: ([], []))
+        for r in rows:
+            if r.get("score") is None:
+                continue
+            length = r.get("length")
+            if length is None and r.get("response") is not None:
+                resp = r["response"]
+                length = sum(len(x) for x in resp) if isinstance(resp, list) else len(str(resp))
+            if length is None:
+                continue
+            acc[r["model"]][0].append(float(length))
+            acc[r["model"]][1].append(float(r["score"]))
+        if acc:
+            panels.append((task, {m: (np.mean(l), np.mean(s)) for m, (l, s) in acc.items()}))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axs = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows), squeeze=False)
+    for ax, (task, per) in zip(axs.ravel(), panels):
+        for m, (l, s) in sorted(per.items()):
+            ax.scatter(l, s, s=25)
+            ax.annotate(m, (l, s), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(task)
+        ax.set_xlabel("mean response length (chars)")
+        ax.set_ylabel("mean score")
+        ax.grid(alpha=0.3)
+    for ax in axs.ravel()[len(panels):]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def read_best_of_n(path) -> list[dict]:
+    """Best-of-n table: CSV or JSON/JSONL rows with n, score and optionally model, reward,
+    score_lower, score_upper."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    elif path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for i, r in enumerate(rows, 1):
+        for f in ("n", "score"):
+            if r.get(f) in (None, ""):
+                raise ValueError(f"{path}: row {i}: missing field '{f}'")
+        try:
+            row = {"model": r.get("model") or "best-of-n", "n": int(float(r["n"])), "score": float(r["score"])}
+            for f in ("reward", "score_lower", "score_upper"):
+                if r.get(f) not in (None, ""):
+                    row[f] = float(r[f])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: row {i}: n/score/reward fields must be numbers") from None
+        out.append(row)
+    return out
+
+
+def best_of_n(rows: list[dict], path) -> Path | None:
+    """Score (and reward, right axis) against n, with CI bands where given."""
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax2 = None
+    series = defaultdict(list)
+    for r in rows:
+        series[r["model"]].append(r)
+    for model, rs in sorted(series.items()):
+        rs.sort(key=lambda r: r["n"])
+        n = [r["n"] for r in rs]
+        s = [r["score"] for r in rs]
+        line, = ax.plot(n, s, marker="o", label=f"{model}: score")
+        if all("score_lower" in r and "score_upper" in r for r in rs):
+            ax.fill_between(n, [r["score_lower"] for r in rs], [r["score_upper"] for r in rs],
+                            color=line.get_color(), alpha=0.2)
+        if all("reward" in r for r in rs):
+            ax2 = ax2 or ax.twinx()
+            ax2.plot(n, [r["reward"] for r in rs], linestyle="--", color=line.get_color(), label=f"{model}: reward")
+            ax2.set_ylabel("mean reward of the chosen sample (dashed)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n (candidates per prompt)")
+    ax.set_ylabel("score (95% CI band)")
+    ax.set_title("Best-of-n")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if ax2:
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def significance_matrix(result: dict, task: str, path) -> Path | None:
+    """Heatmap of mean differences (row model minus column model); '*' = significant after Holm."""
+    rows = [r for r in result["comparisons"] if r["task"] == task and "diff" in r]
+    if not rows:
+        return None
+    names = sorted({r["model"] for r in rows} | {r["reference"] for r in rows})
+    idx = {m: i for i, m in enumerate(names)}
+    mat = np.full((len(names), len(names)), np.nan)
+    sig = np.zeros_like(mat, dtype=bool)
+    for r in rows:
+        i, j = idx[r["model"]], idx[r["reference"]]
+        mat[i, j], mat[j, i] = r["diff"], -r["diff"]
+        sig[i, j] = sig[j, i] = r["significant"]
+    lim = np.nanmax(np.abs(mat)) or 1.0
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(mat, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    if len(names) <= 25:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if np.isfinite(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.2g}{'*' if sig[i, j] else ''}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, label="mean difference (row − column)")
+    ax.set_title(f"{task}: paired differences (* = Holm-significant)")
+    return _save(fig, path)

@@ -1,0 +1,1 @@
+"""Multifaceted Bench (JANUS): build from five sources, import the release, judge with rubrics."""

@@ -1,0 +1,61 @@
+"""The ``multifaceted_bench`` task: a built or released bench file, judged per rubric.
+
+Options: ``path`` (a bench file: .jsonl/.json/.parquet, built by ``synth`` or the official
+release) or ``hub`` (default ``kaist-ai/Multifaceted-Bench``, used when no path is given),
+``split`` ("test"), ``n_rubrics`` (4; null to accept any count), ``limit``, ``n_boot`` (1000),
+``seed`` (0), ``generation`` (overrides of JANUS's sampling parameters).
+"""
+from __future__ import annotations
+
+from statistics import fmean
+
+from harness.records import Completion, Instance, Judgment, Score
+from reports.multifaceted_metrics import rows_from_judgments, rubric_means, summarize
+from tasks.base import GenerationSpec, Task
+from tasks.multifaceted.prompts import SAMPLING_PARAMS
+from tasks.multifaceted.release import HUB_NAME, load_instances
+
+
+class MultifacetedBench(Task):
+    name = "multifaceted_bench"
+    default_judge = "multifaceted_rubric"
+
+    def load(self) -> list[Instance]:
+        source = self.options.get("path") or self.options.get("hub", HUB_NAME)
+        instances = load_instances(source, split=self.options.get("split", "test"),
+                                   n_rubrics=self.options.get("n_rubrics", 4), task=self.name)
+        limit = self.options.get("limit")
+        return instances[:int(limit)] if limit else instances
+
+    def generation_spec(self) -> GenerationSpec:
+        # JANUS run_inference.py samples open models with these parameters
+        params = {k: SAMPLING_PARAMS[k] for k in ("max_tokens", "temperature", "top_p", "repetition_penalty")}
+        return GenerationSpec(**{**params, **self.options.get("generation", {})})
+
+    def aggregate(self, instances: list[Instance], completions: list[Completion],
+                  judgments: list[Judgment], scores: list[Score]) -> dict[str, dict]:
+        rows = rows_from_judgments(judgments, instances)
+        return summarize(rows, n_boot=int(self.options.get("n_boot", 1000)), seed=int(self.options.get("seed", 0)))
+
+    def per_sample(self, instances: list[Instance], completions: list[Completion],
+                   judgments: list[Judgment], scores: list[Score]) -> list[dict]:
+        by_id = {i.id: i for i in instances}
+        per_rubric = rubric_means(rows_from_judgments(judgments, instances))
+        js_by: dict[tuple[str, str], list[Judgment]] = {}
+        for j in judgments:
+            js_by.setdefault((j.instance_id, j.model), []).append(j)
+        rows = []
+        for c in completions:
+            inst = by_id.get(c.instance_id)
+            dims = {f"dim{d}": v for (m, i, d), v in sorted(per_rubric.items()) if m == c.model and i == c.instance_id}
+            rows.append({
+                "task": self.name, "instance_id": c.instance_id, "model": c.model,
+                "score": fmean(dims.values()) if dims else None, "dims": dims,
+                "source": inst.source if inst else None, "category": inst.category if inst else None,
+                "system": inst.system if inst else None, "prompt": inst.turns[0] if inst else None,
+                "response": c.text, "reference": inst.reference[0] if inst and inst.reference else None,
+                "length": len(c.text), "sample_index": c.sample_index,
+                "judgments": [{"criterion": j.criterion, "value": j.value, "parse_status": j.parse_status,
+                               "raw": j.raw} for j in js_by.get((c.instance_id, c.model), [])],
+            })
+        return rows
