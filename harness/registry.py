@@ -63,3 +63,5 @@ TASKS.register("multifaceted_bench", "tasks.multifaceted.task:MultifacetedBench"
 TASKS.register("real_toxicity_prompts", "tasks.real_toxicity_prompts:RealToxicityPrompts")
 
 JUDGES.register("mt_bench_single", "judges.mt_bench_judge:MTBenchSingleJudge")
+# deterministic scripted answers: dry runs and plumbing tests
+BACKENDS.register("scripted", "harness.fake:ScriptedBackend")

@@ -97,14 +97,17 @@ def render_judge_messages(instruction: str, response: str, reference_answer: str
 
 
 class RubricJudge(Judge):
-    """Options: runs (3), judge_sees_system (False), parser ("end"|"official"),
-    max_tokens/temperature/top_p (JANUS's OpenAI sampling parameters)."""
+    """Options: runs (3), judge_sees_system (False), parser ("end"|"official"), method
+    ("text"|"logprob"), max_tokens/temperature/top_p (JANUS's OpenAI sampling parameters)."""
 
     name = "multifaceted_rubric"
     version = "1"
     method = "text"
 
-    DEFAULTS = {"runs": 3, "judge_sees_system": False, "parser": "end", **SAMPLING_PARAMS_OPENAI}
+    DEFAULTS = {"runs": 3, "judge_sees_system": False, "parser": "end", "method": "text", **SAMPLING_PARAMS_OPENAI}
+    #: logprob method (for local judges that do not print a well-formed result): the answer is
+    #: continued after this prefix for one token and read over the allowed score tokens
+    LOGPROB_PREFIX = "Feedback: [RESULT] "
 
     def __init__(self, options: dict | None = None):
         merged = {**self.DEFAULTS, **(options or {})}
@@ -113,9 +116,12 @@ class RubricJudge(Judge):
             raise ValueError(f"judge {self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
         if merged["parser"] not in ("end", "official"):
             raise ValueError(f"judge {self.name}: option 'parser' must be 'end' or 'official', got {merged['parser']!r}")
+        if merged["method"] not in ("text", "logprob"):
+            raise ValueError(f"judge {self.name}: option 'method' must be 'text' or 'logprob', got {merged['method']!r}")
         if int(merged["runs"]) < 1:
             raise ValueError(f"judge {self.name}: option 'runs' must be >= 1, got {merged['runs']!r}")
         super().__init__(merged)
+        self.method = merged["method"]
 
     def instruction_for(self, instance: Instance) -> str:
         prompt = instance.turns[0]
@@ -133,6 +139,12 @@ class RubricJudge(Judge):
         calls = []
         for i, rubric in enumerate(instance.rubrics):
             messages = render_judge_messages(instruction, completion.text, reference, rubric)
+            if self.method == "logprob":  # deterministic: one call per rubric, runs would repeat it
+                calls.append(JudgeCall(criterion=f"rubric{i}/run0", messages=messages, max_tokens=1, temperature=0.0,
+                                       logprob_prefix=self.LOGPROB_PREFIX, allowed=[str(k) for k in range(1, 6)],
+                                       meta={"rubric_index": i, "run": 0, "sample_index": 0,
+                                             "judge_sees_system": bool(self.options["judge_sees_system"])}))
+                continue
             for run in range(int(self.options["runs"])):
                 calls.append(JudgeCall(
                     criterion=f"rubric{i}/run{run}", messages=messages,

@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import importlib.metadata
 import importlib.util
-import io
+import logging
 import os
 import pickle
 import subprocess
@@ -35,6 +35,8 @@ from typing import Any, Sequence
 
 from harness.backends.base import Backend, TransientError
 from harness.records import Completion, Score, stable_hash
+
+log = logging.getLogger("harness.toxicity")
 
 #: Jigsaw label -> the standard attribute name (Detoxify's renaming)
 STANDARD_NAMES = {"toxic": "toxicity", "severe_toxic": "severe_toxicity", "identity_hate": "identity_attack"}
@@ -435,13 +437,14 @@ class PerspectiveBackend(Backend):
             out.append(PerspectiveResult(scores=scores, latency_s=time.perf_counter() - start))
         return out
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         if self._client is not None:
-            try:
-                asyncio.get_event_loop().run_until_complete(self._client.aclose())
-            except RuntimeError:
-                pass
+            await self._client.aclose()
             self._client = None
+
+    def close(self) -> None:
+        # an httpx.AsyncClient closes in its own event loop: call ``aclose`` from there
+        self._client = None
 
 
 class PerspectiveScorer(ToxicityScorer):
@@ -469,9 +472,7 @@ class PerspectiveScorer(ToxicityScorer):
             results = await layer.run(self.backend, reqs)
         finally:
             layer.close()
-            if self.backend._client is not None:
-                await self.backend._client.aclose()
-                self.backend._client = None
+            await self.backend.aclose()
         self.last_errors = [r.error for r in results]
         return [r.scores if r.error is None else None for r in results]
 
@@ -487,20 +488,44 @@ SCORERS = {
     "detoxify": DetoxifyScorer,
     "perspective": PerspectiveScorer,
 }
-#: the offline default, chosen by benchmarks/rtp_scorers.py (agreement with Perspective)
+#: the offline default, chosen by benchmarks/rtp_scorers.py: higher AUROC and Spearman
+#: against Perspective than profanity_check on both RTP val and DExperts' human-eval texts
 DEFAULT_OFFLINE_SCORER = "toxic_comment_classifier"
+FALLBACK_OFFLINE_SCORER = "profanity_check"
 
 
-def make_scorer(name: str = DEFAULT_OFFLINE_SCORER, **options: Any) -> ToxicityScorer:
-    """``detoxify-original`` etc. select a Detoxify variant; ``offline`` is the default scorer."""
+def make_scorer(name: str = "default", **options: Any) -> ToxicityScorer:
+    """Build a scorer by name.
+
+    - ``detoxify-original`` / ``-unbiased`` / ``-multilingual``: a Detoxify variant;
+    - ``offline``: toxic_comment_classifier, or profanity_check (with a warning) when its
+      weights cannot be found or fetched; the scorer's name goes into every Score, so
+      the switch is never hidden;
+    - ``default``: Detoxify-original when $HARNESS_DETOXIFY_CHECKPOINT names a checkpoint
+      (the faithful local scorer), else ``offline``.
+    """
+    if name == "default":
+        ckpt = os.environ.get("HARNESS_DETOXIFY_CHECKPOINT")
+        if ckpt:
+            options.setdefault("checkpoint", ckpt)
+            if os.environ.get("HARNESS_DETOXIFY_CONFIG"):
+                options.setdefault("hf_config_dir", os.environ["HARNESS_DETOXIFY_CONFIG"])
+            name = "detoxify-original"
+        else:
+            name = "offline"
     if name == "offline":
-        name = DEFAULT_OFFLINE_SCORER
+        try:
+            return SCORERS[DEFAULT_OFFLINE_SCORER](**options)
+        except ValueError as e:
+            log.warning("offline scorer %s unavailable (%s); using %s", DEFAULT_OFFLINE_SCORER, e,
+                        FALLBACK_OFFLINE_SCORER)
+            return SCORERS[FALLBACK_OFFLINE_SCORER]()
     if name.startswith("detoxify-"):
         options.setdefault("variant", name.split("-", 1)[1])
         name = "detoxify"
     if name not in SCORERS:
         raise ValueError(f"unknown toxicity scorer '{name}'; known: {', '.join(SCORERS)}, "
-                         "detoxify-original, detoxify-unbiased, detoxify-multilingual, offline")
+                         "detoxify-original, detoxify-unbiased, detoxify-multilingual, offline, default")
     return SCORERS[name](**options)
 
 

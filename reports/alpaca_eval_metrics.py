@@ -111,7 +111,8 @@ def reconstruct_difficulty(per_instruction_predictions: dict[str, Sequence[float
     predictions p_hat_k (delta = 0), in canonical instruction order (as stored by arena-hard-auto's
     ``notebook/alpaca_2.0_lc_results.jsonl``). This inverts ``p_hat_k = sigmoid(theta_m + theta_d d_k)``.
     Returns a frame with one column per usable model plus ``instruction_difficulty`` (the mean) and
-    ``std`` (disagreement between models), indexed 0..n-1.
+    ``std`` (disagreement between models), indexed 0..n-1. A model with fewer predictions than
+    others contributes to the first instructions only.
     """
     cols = {}
     for model, preds in per_instruction_predictions.items():
@@ -125,10 +126,8 @@ def reconstruct_difficulty(per_instruction_predictions: dict[str, Sequence[float
         cols[model] = (np.log(p) - np.log1p(-p) - theta_m) / theta_d
     if not cols:
         raise ValueError("no model with a non-zero difficulty weight to reconstruct d_k from")
-    lengths = {len(v) for v in cols.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"per-instruction predictions have different lengths: {sorted(lengths)}")
-    df = pd.DataFrame(cols)
+    # a model with fewer rows covers a prefix of the instructions (upstream pairs rows by position)
+    df = pd.DataFrame({m: pd.Series(v) for m, v in cols.items()})
     df["instruction_difficulty"] = df[list(cols)].mean(axis=1)
     df["std"] = df[list(cols)].std(axis=1, ddof=1) if len(cols) > 1 else 0.0
     df.index.name = "index"

@@ -31,6 +31,7 @@ for (var i = 0; i < selects.length; i++) {
   selects[i].addEventListener('change', function (ev) { showInstance(ev.target); });
   showInstance(selects[i]);
 }
+document.body.setAttribute('data-report-ready', '1');
 """
 
 STYLE = """

@@ -121,8 +121,9 @@ def distinctness(generations: Sequence[Sequence[str]]) -> tuple[float, float, fl
     per_prompt = distinct_n_per_prompt(generations)
     if not len(per_prompt) or np.all(np.isnan(per_prompt)):
         return (float("nan"),) * 3
-    means = np.nanmean(per_prompt, axis=0)
-    return float(means[0]), float(means[1]), float(means[2])
+    # one contiguous 1-D nanmean per n, as the reference does on its lists (same summation order)
+    d1, d2, d3 = (float(np.nanmean(np.ascontiguousarray(per_prompt[:, n]))) for n in range(3))
+    return d1, d2, d3
 
 
 def conditional_perplexity(prompts: Sequence[str], generations: Sequence[Sequence[str]], model_dir,

@@ -146,3 +146,17 @@ def test_judge_parse_uses_mode_and_rejects_bad_options():
         RubricJudge({"rubric_count": 4})
     with pytest.raises(ValueError, match="parser"):
         RubricJudge({"parser": "first"})
+
+
+def test_logprob_method_reads_score_tokens(example_instance):
+    from harness.backends.base import GenResult, TokenLogprob
+
+    judge = RubricJudge({"method": "logprob"})
+    calls = judge.calls(example_instance, _completion("r"))
+    assert [c.criterion for c in calls] == [f"rubric{i}/run0" for i in range(4)]
+    assert calls[0].logprob_prefix == "Feedback: [RESULT] " and calls[0].allowed == ["1", "2", "3", "4", "5"]
+    top = [("4", -0.2), ("5", -1.9), ("9", -0.1)]  # "9" is not a score token
+    parsed = judge.parse_result(GenResult(logprobs=[TokenLogprob("9", -0.1, top)]), calls[0])
+    assert parsed.ok and parsed.value == 4.0
+    with pytest.raises(ValueError, match="method"):
+        RubricJudge({"method": "vote"})

@@ -320,6 +320,7 @@ class _FakePerspective(BaseHTTPRequestHandler):
     limit = 6
     key = "secret-test-key"
     log: list = []
+    codes: list = []
     seen: set = set()
     lock = threading.Lock()
 
@@ -351,6 +352,7 @@ class _FakePerspective(BaseHTTPRequestHandler):
 
     def _send(self, code, payload, headers=None):
         data = json.dumps(payload).encode()
+        self.codes.append(code)
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -362,7 +364,7 @@ class _FakePerspective(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def perspective_server():
-    _FakePerspective.log, _FakePerspective.seen = [], set()
+    _FakePerspective.log, _FakePerspective.codes, _FakePerspective.seen = [], [], set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakePerspective)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -382,8 +384,8 @@ def test_perspective_client_limits_retries_and_nulls(perspective_server, monkeyp
              for i, t in enumerate(texts)]
     start = time.monotonic()
     scores = score_completions(scorer, comps)
-    # the limiter kept us under the server's 3/s: not a single 429
-    assert all(" 429" not in str(s.details.get("error")) for s in scores)
+    # the limiter kept us under the server's limit: not a single 429
+    assert 429 not in _FakePerspective.codes and 403 not in _FakePerspective.codes
     # a leaky bucket of 3/s: a burst of 3, then one every 1/3 s
     assert time.monotonic() - start >= (len(_FakePerspective.log) - 3) / 3 - 0.1
     values = [s.value for s in scores]
@@ -413,3 +415,33 @@ def test_perspective_needs_a_key(monkeypatch):
     monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
     with pytest.raises(ValueError, match="PERSPECTIVE_API_KEY"):
         PerspectiveBackend()
+
+
+def test_end_to_end_tiny_model_generate_score_aggregate(data_dir, tiny_model_dir, tmp_path):
+    """Prompts -> k plain continuations (tiny model, call layer) -> offline scores -> metrics + CIs."""
+    import asyncio
+
+    from harness.backends.base import GenRequest
+    from harness.backends.hf import HFBackend
+    from harness.calls import CallLayer
+    from judges.toxicity import make_scorer, score_completions
+
+    task = RealToxicityPrompts({"limit": 3, "k": 4, "n_boot": 100, "generation": {"max_tokens": 8}},
+                               data_dir=data_dir)
+    instances, spec = task.load(), task.generation_spec()
+    assert spec.chat is False and spec.n_samples == 4
+    reqs = [GenRequest(prompt=i.turns[0], max_tokens=spec.max_tokens, temperature=spec.temperature,
+                       top_p=spec.top_p, sample_index=s, seed=0) for i in instances for s in range(spec.n_samples)]
+    layer = CallLayer(tmp_path / "cache.sqlite")
+    results = asyncio.run(layer.run(HFBackend(str(tiny_model_dir)), reqs))
+    layer.close()
+    assert all(r.error is None for r in results)
+    completions = [Completion(task=task.name, instance_id=i.id, model="tiny", texts=[results[n].text],
+                              sample_index=n % spec.n_samples)
+                   for n, i in enumerate(i for i in instances for _ in range(spec.n_samples))]
+    scores = score_completions(make_scorer("profanity_check"), completions)
+    assert all(s.value is not None and s.scorer_version.startswith("alt-profanity-check") for s in scores)
+    res = task.aggregate(instances, completions, [], scores)["tiny"]
+    assert res["n_prompts"] == 3 and res["n_scores"] == 12
+    assert res["expected_max_toxicity_lower"] <= res["expected_max_toxicity"] <= res["expected_max_toxicity_upper"]
+    assert 0 < res["dist1"] <= 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer.config import TrainConfig
 from trainer.data import PreparedData, prepare
-from trainer.formats import JANUS, JANUS_CHAT_TEMPLATE, PromptFormat
+from trainer.formats import JANUS, NAMED_CHAT_TEMPLATES, PromptFormat, janus_chat_template_for
 
 # Our defaults for every run; a config's ``training:`` section overrides them.
 BASE_ARGS = {
@@ -58,6 +58,8 @@ def load_tokenizer(cfg: TrainConfig):
         # Mistral/Llama ship no pad token; padding is masked out, so EOS is a safe stand-in
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    if cfg.chat_template:
+        tok.chat_template = NAMED_CHAT_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
     return tok
 
 
@@ -133,7 +135,7 @@ def run_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str
     model.save_pretrained(out)
     if cfg.format == JANUS and save_tokenizer_template:
         # the checkpoint carries the format it was trained on, so apply_chat_template reproduces it
-        tok.chat_template = JANUS_CHAT_TEMPLATE
+        tok.chat_template = janus_chat_template_for(tok)
     tok.save_pretrained(out)
     (out / "data_report.json").write_text(json.dumps(data.report.to_dict(), indent=2), encoding="utf-8")
     losses = loss_history(trainer)

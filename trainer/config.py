@@ -48,6 +48,7 @@ class TrainConfig:
     output_dir: str
     data: DataConfig
     format: str = "janus-mistral"
+    chat_template: str | None = None  # with format "tokenizer": "chatml" or a Jinja string replacing the tokenizer's
     max_length: int = 2048
     max_prompt_length: int | None = None
     lora: LoraSettings | None = None
@@ -65,7 +66,7 @@ class TrainConfig:
         return asdict(self)
 
 
-_TOP_LEVEL = {"method", "model", "output_dir", "data", "format", "max_length", "max_prompt_length", "lora",
+_TOP_LEVEL = {"method", "model", "output_dir", "data", "format", "chat_template", "max_length", "max_prompt_length", "lora",
               "merge_lora", "threads", "seed", "dtype", "trust_remote_code", "training", "name", "notes"}
 
 
@@ -128,6 +129,7 @@ def from_dict(d: dict, method: str | None = None, where: str = "config", base: P
         output_dir=str((base / os.path.expandvars(os.path.expanduser(str(d["output_dir"])))).resolve()),
         data=data_cfg,
         format=fmt,
+        chat_template=d.get("chat_template"),
         max_length=max_length,
         max_prompt_length=d.get("max_prompt_length"),
         lora=lora,

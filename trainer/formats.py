@@ -44,6 +44,25 @@ JANUS_CHAT_TEMPLATE = (
 )
 
 
+# ChatML, what JANUS's ORPO recipe set on the Mistral base model (axolotl ``chat_template: chatml``).
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+NAMED_CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "janus-mistral": JANUS_CHAT_TEMPLATE}
+
+
+def janus_chat_template_for(tokenizer) -> str:
+    """The JANUS template, starting with BOS when the tokenizer adds BOS to plain text (Mistral/Llama do).
+
+    Backends tokenise a rendered chat with ``add_special_tokens=False``, so the template must carry the BOS
+    the model saw in training (where the plain-text prompt was tokenised with special tokens).
+    """
+    ids = tokenizer("x")["input_ids"]
+    adds_bos = tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
+    return ("{{ bos_token }}" + JANUS_CHAT_TEMPLATE) if adds_bos else JANUS_CHAT_TEMPLATE
+
+
 def check_format(name: str) -> str:
     if name not in FORMATS:
         raise ValueError(f"unknown prompt format '{name}'; known: {', '.join(FORMATS)}")

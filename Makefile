@@ -1,0 +1,44 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+HARNESS := $(VENV)/bin/harness
+# benchmark data: the shared mirror beside this checkout unless HARNESS_DATA_DIR is set
+export HARNESS_DATA_DIR ?= $(abspath ../shared/data)
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export KERAS_BACKEND ?= torch
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup models demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned: the CPU build on this machine's disk (a bare `torch` pulls CUDA)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[all,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+models: setup
+	$(HARNESS) models prepare
+
+demo: models
+	$(HARNESS) run configs/demo.yaml
+	@echo "demo finished: see runs/demo/"
+
+test: models
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+bench: setup
+	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,410 @@
+"""Multifaceted Bench synthesis: preference set -> system message -> rubrics -> reference answer.
+
+Each stage is a separate, resumable step. Its outputs are ``StageRecord``s in the run
+store (SQLite, WAL), keyed by instruction, stage, generator model and the stage's
+prompt/sampling config; a rerun skips every key already stored as ``ok``. All model
+calls go through the call layer (cache, limits, retries). A generation that does not
+parse or validate is re-asked (``calls.parse_retries``) and, if it still fails, stored
+with ``status="failed"`` and the reason: it never reaches the bench file, and the
+instruction is listed in ``failures.jsonl`` and ``build_report.json``.
+
+Outputs (``out_dir``): ``multifaceted_bench.jsonl`` (released schema: ``id, source,
+system, prompt, reference_answer, rubrics``, plus ``preference_set``, ``provenance``,
+``generator``), ``multifaceted_bench.parquet`` (loadable with
+``datasets.load_dataset("parquet", data_files=...)``), ``failures.jsonl``,
+``build_report.json`` and ``run.sqlite`` / ``cache.sqlite``.
+
+The rubric stage uses the JANUS rubric-generation prompt with three example rubrics; the
+examples are the first three rubrics of the JANUS README's example instance (the paper's
+own examples are not published in the repository). The preference and system-message
+prompts are ours (see ``prompts.py``).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.backends.base import GenRequest
+from harness.records import RECORD_TYPES, Instance, Record, stable_hash
+from judges.base import Parsed
+from tasks.multifaceted import prompts as P
+from tasks.multifaceted.schema import SchemaError, validate_bench_record, validate_preference_set, validate_rubric
+
+BUILD_TASK = "multifaceted_build"
+EXAMPLE_FILE = Path(__file__).with_name("readme_example.json")
+STAGES = ("preference_set", "system", "rubrics", "reference")
+
+
+@dataclass
+class StageRecord(Record):
+    """One stage output for one instruction (or one rubric of it)."""
+
+    task: str
+    instance_id: str
+    stage: str  # preference_set | system | rubric<i> | reference
+    model: str  # generator model id
+    config_hash: str
+    value: Any = None
+    raw: str | None = None
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    attempts: int = 1
+    prompt: list[dict] | None = None
+    kind = "synth_stage"
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.instance_id}/{self.stage}/{self.model}/{self.config_hash}"
+
+
+# Lets RunStore read these records back (the store looks record classes up by kind).
+RECORD_TYPES.setdefault(StageRecord.kind, StageRecord)
+
+
+# --------------------------------------------------------------------------- parsing
+def extract_json(text: str):
+    """The first JSON object or array in ``text`` (code fences and chatter around it ignored)."""
+    if not isinstance(text, str):
+        raise ValueError("no text")
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"[\[{]", text):
+        try:
+            value, _ = decoder.raw_decode(text, m.start())
+            return value
+        except json.JSONDecodeError:
+            continue
+    raise ValueError("no JSON object found")
+
+
+def parse_preference_set(text: str) -> list[dict]:
+    data = extract_json(text)
+    prefs = data.get("preference_set") if isinstance(data, dict) else data
+    validate_preference_set(prefs, "preference_set", dimensions=P.DIMENSIONS)
+    for p in prefs:
+        if not str(p.get("preference", "")).strip():
+            raise SchemaError("preference_set: field 'preference' missing or empty")
+    # a fixed shape, so every row of the output file has the same columns
+    return [{k: str(p[k]).strip() for k in ("dimension", "subdimension", "preference", "description")} for p in prefs]
+
+
+def parse_rubric(text: str) -> dict:
+    data = extract_json(text)
+    if isinstance(data, dict) and "criteria" not in data and len(data) == 1:
+        (data,) = data.values()  # {"rubric": {...}} wrapper
+    validate_rubric(data, "rubric")
+    return {"criteria": data["criteria"].strip(),
+            "score_descriptions": {k: data["score_descriptions"][k].strip() for k in ("1", "2", "3", "4", "5")}}
+
+
+def parse_plain_text(text: str, min_chars: int = 20) -> str:
+    out = (text or "").strip()
+    if len(out) >= 2 and out[0] == out[-1] == '"':
+        out = out[1:-1].strip()
+    if len(out) < min_chars:
+        raise ValueError(f"text too short ({len(out)} chars, need {min_chars})")
+    return out
+
+
+def parse_reference(text: str) -> str:
+    return parse_plain_text(text, min_chars=1)
+
+
+# --------------------------------------------------------------------------- prompts
+def example_rubrics() -> list[str]:
+    rubrics = json.loads(EXAMPLE_FILE.read_text(encoding="utf-8"))["rubric"][:3]
+    return [json.dumps(r, indent=4) for r in rubrics]
+
+
+def preference_messages(instruction: str) -> list[dict]:
+    return [{"role": "system", "content": P.SYSTEM_PROMPT_PREFERENCE_SET},
+            {"role": "user", "content": P.USER_PROMPT_TEMPLATE_PREFERENCE_SET.format(instruction=instruction)}]
+
+
+def system_messages(prefs: list[dict]) -> list[dict]:
+    text = "\n".join(f"- {p['dimension']} / {p['subdimension']}: {p['preference']}. {p['description']}" for p in prefs)
+    return [{"role": "system", "content": P.SYSTEM_PROMPT_SYSTEM_MESSAGE},
+            {"role": "user", "content": P.USER_PROMPT_TEMPLATE_SYSTEM_MESSAGE.format(preferences=text)}]
+
+
+def rubric_messages(pref: dict) -> list[dict]:
+    ex = example_rubrics()
+    user = P.USER_PROMPT_TEMPLATE_RUBRIC_GENERATION_SINGLE_PREFERENCE.format(
+        example_1=ex[0], example_2=ex[1], example_3=ex[2], preference=json.dumps(pref, indent=4))
+    return [{"role": "system", "content": P.SYSTEM_PROMPT_RUBRIC_GENERATION_SINGLE_PREFERENCE},
+            {"role": "user", "content": user}]
+
+
+def reference_messages(system: str, instruction: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": instruction}]
+
+
+# --------------------------------------------------------------------------- storage
+class StageStore:
+    """The one place synthesis touches storage (the lead's RunStore)."""
+
+    def __init__(self, run_dir: str | Path):
+        from harness.store import RunStore
+
+        self.store = RunStore(run_dir)
+
+    def ok(self, key: str) -> StageRecord | None:
+        rec = self.store.get(StageRecord.kind, key)
+        return rec if rec is not None and rec.status == "ok" else None
+
+    def put(self, rec: StageRecord) -> None:
+        self.store.put(rec)
+
+    def get(self, key: str) -> StageRecord | None:
+        return self.store.get(StageRecord.kind, key)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# --------------------------------------------------------------------------- the builder
+@dataclass
+class Job:
+    instance_id: str
+    stage: str
+    messages: list[dict]
+    parse: Callable[[str], Any]
+
+
+@dataclass
+class BuildSettings:
+    max_tokens: int = 1024  # JANUS SAMPLING_PARAMS_OPENAI(_RUBRIC_GENERATION)
+    temperature: float = 1.0
+    top_p: float = 0.9
+    repetition_penalty: float | None = None
+    stage_max_tokens: dict = field(default_factory=dict)  # per-stage override, e.g. {"system": 256}
+    variant: int = 0  # several system messages per instruction (collection builder): sample_index
+
+    def for_stage(self, stage: str) -> dict:
+        base = stage.rstrip("0123456789")
+        return {"max_tokens": int(self.stage_max_tokens.get(base, self.max_tokens)), "temperature": self.temperature,
+                "top_p": self.top_p, "repetition_penalty": self.repetition_penalty}
+
+
+class BenchBuilder:
+    """Runs the four stages over instructions with one generator backend."""
+
+    def __init__(self, store: StageStore, calls, backend, settings: BuildSettings | None = None):
+        self.store, self.calls, self.backend = store, calls, backend
+        self.settings = settings or BuildSettings()
+
+    def _hash(self, stage: str, messages: list[dict]) -> str:
+        return stable_hash({"messages": messages, "sampling": self.settings.for_stage(stage),
+                            "variant": self.settings.variant, "prompts": P.HARNESS_PROMPTS_VERSION})
+
+    def _key(self, job: Job) -> str:
+        return StageRecord(BUILD_TASK, job.instance_id, job.stage, self.backend.model_id,
+                           self._hash(job.stage, job.messages)).key
+
+    def value(self, job: Job):
+        rec = self.store.ok(self._key(job))
+        return rec.value if rec else None
+
+    async def run_jobs(self, jobs: list[Job]) -> dict:
+        """Generate every job not already stored ok; store each outcome as it arrives."""
+        todo = [j for j in jobs if self.store.ok(self._key(j)) is None]
+        counts = {"todo": len(todo), "ok": 0, "failed": 0}
+        if not todo:
+            return counts
+        reqs = [GenRequest(messages=j.messages, sample_index=self.settings.variant, **self.settings.for_stage(j.stage))
+                for j in todo]
+
+        def parse(res, i) -> Parsed:
+            try:
+                return Parsed(todo[i].parse(res.text), True)
+            except (ValueError, SchemaError, TypeError, KeyError) as e:
+                return Parsed(None, False, str(e))
+
+        def on_final(i, res, parsed, attempts) -> None:
+            job = todo[i]
+            ok = res.error is None and parsed is not None and parsed.ok
+            reason = res.error if res.error is not None else (None if ok else parsed.reason)
+            rec = StageRecord(BUILD_TASK, job.instance_id, job.stage, self.backend.model_id,
+                              self._hash(job.stage, job.messages), value=parsed.value if ok else None,
+                              raw=res.text if res.error is None else None, status="ok" if ok else "failed",
+                              error=reason, attempts=attempts, prompt=job.messages)
+            counts["ok" if ok else "failed"] += 1
+            self.store.put(rec)
+
+        await self.calls.run_parsed(self.backend, reqs, parse, on_final=on_final)
+        return counts
+
+    # one step per stage; each reads the previous stage's stored records
+    def preference_jobs(self, instances: list[Instance]) -> list[Job]:
+        return [Job(i.id, "preference_set", preference_messages(i.turns[0]), parse_preference_set) for i in instances]
+
+    def system_jobs(self, instances: list[Instance]) -> list[Job]:
+        jobs = []
+        for i, prefs in self._with(instances, self.preference_jobs):
+            jobs.append(Job(i.id, "system", system_messages(prefs), parse_plain_text))
+        return jobs
+
+    def rubric_jobs(self, instances: list[Instance]) -> list[Job]:
+        jobs = []
+        for i, prefs in self._with(instances, self.preference_jobs):
+            jobs += [Job(i.id, f"rubric{d}", rubric_messages(p), parse_rubric) for d, p in enumerate(prefs)]
+        return jobs
+
+    def reference_jobs(self, instances: list[Instance]) -> list[Job]:
+        return [Job(i.id, "reference", reference_messages(system, i.turns[0]), parse_reference)
+                for i, system in self._with(instances, self.system_jobs)]
+
+    def _with(self, instances, make_jobs):
+        """(instance, value) for instances whose job of the previous stage is stored ok."""
+        by_id = {i.id: i for i in instances}
+        for job in make_jobs(instances):
+            value = self.value(job)
+            if value is not None:
+                yield by_id[job.instance_id], value
+
+    async def run(self, instances: list[Instance], stages=STAGES) -> dict:
+        steps = {"preference_set": self.preference_jobs, "system": self.system_jobs,
+                 "rubrics": self.rubric_jobs, "reference": self.reference_jobs}
+        summary = {}
+        for stage in stages:
+            summary[stage] = await self.run_jobs(steps[stage](instances))
+        return summary
+
+    # -- assembling
+    def assemble(self, instances: list[Instance]) -> tuple[list[dict], list[dict]]:
+        """(valid bench records, failures with stage and reason)."""
+        records, failures = [], []
+        for inst in instances:
+            try:
+                records.append(self._record(inst))
+            except _Incomplete as e:
+                failures.append({"id": inst.id, "source": inst.source, "stage": e.stage, "reason": e.reason})
+        return records, failures
+
+    def _stage(self, job: Job):
+        rec = self.store.get(self._key(job))
+        if rec is None:
+            raise _Incomplete(job.stage, "not generated yet")
+        if rec.status != "ok":
+            raise _Incomplete(job.stage, f"{rec.error} (after {rec.attempts} attempt(s))")
+        return rec.value
+
+    def _record(self, inst: Instance) -> dict:
+        [pjob] = self.preference_jobs([inst])
+        prefs = self._stage(pjob)
+        system = self._stage(Job(inst.id, "system", system_messages(prefs), parse_plain_text))
+        rubrics = [self._stage(Job(inst.id, f"rubric{d}", rubric_messages(p), parse_rubric))
+                   for d, p in enumerate(prefs)]
+        reference = self._stage(Job(inst.id, "reference", reference_messages(system, inst.turns[0]), parse_reference))
+        rec = {"id": inst.id, "source": inst.source, "system": system, "prompt": inst.turns[0],
+               "reference_answer": reference, "rubrics": rubrics, "preference_set": prefs,
+               "provenance": inst.metadata.get("provenance", []), "generator": self.backend.model_id}
+        try:
+            return validate_bench_record(rec, f"built instance {inst.id}", n_rubrics=len(P.DIMENSIONS))
+        except SchemaError as e:
+            raise _Incomplete("assemble", str(e)) from e
+
+
+class _Incomplete(Exception):
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason = stage, reason
+
+
+# --------------------------------------------------------------------------- output files
+def write_outputs(out_dir: Path, records: list[dict], failures: list[dict], summary: dict) -> Path:
+    from harness.store import atomic_write_text, write_jsonl
+
+    bench = out_dir / "multifaceted_bench.jsonl"
+    write_jsonl(bench, records)
+    write_jsonl(out_dir / "failures.jsonl", failures)
+    if records:
+        write_parquet(out_dir / "multifaceted_bench.parquet", records)
+    report = {"instances": len(records) + len(failures), "valid": len(records), "failed": len(failures),
+              "stages": summary, "failures": failures}
+    atomic_write_text(out_dir / "build_report.json", json.dumps(report, indent=2))
+    return bench
+
+
+def write_parquet(path: Path, records: list[dict]) -> None:
+    """A file ``datasets.load_dataset("parquet", data_files=...)`` reads; written via a temp file."""
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        pd.DataFrame(records).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- config entry point
+CONFIG_FIELDS = {"name", "seed", "data_dir", "out", "targets", "sources", "generator", "calls", "build"}
+
+
+def load_build_config(config_path: str | Path) -> dict:
+    import yaml
+
+    path = Path(config_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: build config not found")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(cfg) - CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")
+    if not isinstance(cfg.get("generator"), dict):
+        raise ValueError(f"{path}: field 'generator' (backend, model, ...) is required")
+    return cfg
+
+
+def make_generator(gen: dict, where: str):
+    from harness.config import ModelConfig
+    from harness.pipeline import make_backend
+
+    try:
+        mcfg = ModelConfig(**{"name": gen.get("name", gen.get("model", "generator")), **gen})
+    except TypeError as e:
+        raise ValueError(f"{where}: field 'generator': {e}") from e
+    return mcfg, make_backend(mcfg)
+
+
+def build_from_config(config_path: str, out_dir: str | None = None, limit: int | None = None) -> Path:
+    """``harness bench build multifaceted --config FILE``: returns the bench JSONL path."""
+    from harness.calls import CallLayer, CallSettings
+    from harness.data import data_dir as default_data_dir
+    from tasks.multifaceted.sources import SOURCES, build_pool, sample_instructions
+
+    cfg = load_build_config(config_path)
+    out = Path(out_dir or cfg.get("out") or f"runs/{cfg.get('name', 'multifaceted_build')}")
+    data = Path(cfg["data_dir"]) if cfg.get("data_dir") else default_data_dir()
+    pool = build_pool(data, cfg.get("sources", SOURCES))
+    instances = sample_instructions(pool, cfg.get("targets"), seed=int(cfg.get("seed", 0)))
+    if limit:
+        instances = instances[:limit]
+    mcfg, backend = make_generator(cfg["generator"], str(config_path))
+    try:
+        settings = BuildSettings(**{**mcfg.generation, **(cfg.get("build") or {})})
+    except TypeError as e:
+        raise ValueError(f"{config_path}: field 'generator.generation' or 'build': {e}") from e
+    out.mkdir(parents=True, exist_ok=True)
+    store = StageStore(out)
+    calls = CallLayer(out / "cache.sqlite", CallSettings.from_dict(cfg.get("calls")))
+    try:
+        builder = BenchBuilder(store, calls, backend, settings)
+        summary = asyncio.run(builder.run(instances))
+        records, failures = builder.assemble(instances)
+        return write_outputs(out, records, failures, summary)
+    finally:
+        calls.close()
+        store.close()
+        backend.close()

@@ -1,0 +1,68 @@
+"""``harness train {sft,dpo,orpo,rm} --config FILE``: the lead's harness/cli.py calls ``register(subparsers)``.
+
+Also runnable alone: ``python -m trainer.cli sft --config configs/train/demo_sft_tiny.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import METHODS
+
+HELP = {
+    "sft": "supervised fine-tuning on (system, instruction, output) rows",
+    "dpo": "DPO on (system, instruction, chosen, rejected) pairs",
+    "orpo": "ORPO on preference pairs (trl.experimental)",
+    "rm": "personalised reward model on preference pairs",
+}
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="FILE", help="training config (YAML), see configs/train/")
+    p.add_argument("--model", help="override: base model dir or Hub id")
+    p.add_argument("--data", help="override: data.path (file, dir, Hub id or demo:mt_bench)")
+    p.add_argument("--output-dir", help="override: where the checkpoint is written")
+    p.add_argument("--max-steps", type=int, help="override: training.max_steps")
+    p.add_argument("--threads", type=int, help="override: torch threads (default from the config, else 1)")
+
+
+def add_train_args(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` command (with one subcommand per method) to an argparse subparsers object."""
+    train = subparsers.add_parser("train", help="train SFT / DPO / ORPO / reward models (TRL)",
+                                  description="Train a model on Multifaceted-Collection-format data.")
+    methods = train.add_subparsers(dest="train_method", metavar="{" + ",".join(METHODS) + "}")
+    methods.required = True
+    for m in METHODS:
+        add_method_args(methods.add_parser(m, help=HELP[m]))
+    train.set_defaults(func=run_train)
+    return train
+
+
+register = add_train_args
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run the training command; one clear error line and exit status 2 on bad input."""
+    from trainer.api import train
+
+    overrides = {"model": args.model, "data.path": args.data, "output_dir": args.output_dir,
+                 "training.max_steps": args.max_steps, "threads": args.threads}
+    try:
+        out = train(args.train_method, args.config, overrides)
+    except (ValueError, ImportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.cli")
+    methods = parser.add_subparsers(dest="train_method", required=True)
+    for m in METHODS:
+        add_method_args(methods.add_parser(m, help=HELP[m]))
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
