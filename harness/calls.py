@@ -27,6 +27,10 @@ from harness.backends.base import TransientError
 log = logging.getLogger("harness.calls")
 
 
+class BudgetExceeded(RuntimeError):
+    """The configured ``max_cost`` was reached; finished calls are cached, the rest not sent."""
+
+
 @dataclass
 class CallSettings:
     concurrency: int | None = None  # None: the backend's default
@@ -39,6 +43,7 @@ class CallSettings:
     reask_temperature: float = 0.7  # a re-ask of a greedy judge would repeat itself
     # model id -> {"prompt": $ per 1M tokens, "completion": $ per 1M tokens}
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    max_cost: float | None = None  # stop sending (cleanly, resumable) once this much was spent
     progress: bool = False
 
     @classmethod
@@ -180,6 +185,10 @@ class CallLayer:
         async def one(batch: list[int]) -> None:
             reqs = [requests[i] for i in batch]
             async with sem:
+                if self.settings.max_cost is not None and self.stats.cost + stats.cost >= self.settings.max_cost:
+                    raise BudgetExceeded(f"cost limit ${self.settings.max_cost:.4f} reached "
+                                         f"(spent ${self.stats.cost + stats.cost:.4f}); rerun with a higher "
+                                         f"--max-cost to continue")
                 try:
                     async for attempt in AsyncRetrying(
                             stop=stop_after_attempt(self.settings.max_retries + 1),

@@ -55,11 +55,24 @@ def _print_summary(out: Path, result: dict) -> None:
 
 
 def cmd_run(args, steps=("build", "generate", "judge", "aggregate")) -> int:
-    from harness.pipeline import run_all
+    from harness.calls import BudgetExceeded
+    from harness.pipeline import estimate, run_all
 
     cfg = _load_cfg(args)
+    if args.max_cost is not None:
+        cfg.calls["max_cost"] = args.max_cost
+    if args.dry_run:
+        est = estimate(cfg)
+        for r in est["rows"]:
+            print(f"{r['step']:9s} {r['task']:22s} {r['model']:24s} {r['calls']:8d} calls  ~${r['cost']:.4f}")
+        print(f"total: {est['total_calls']} calls, estimated cost ${est['total_cost']:.4f} (nothing was sent)")
+        return 0
     out = _out_dir(args, cfg)
-    result = asyncio.run(run_all(cfg, out, steps=steps, models=args.models or None))
+    try:
+        result = asyncio.run(run_all(cfg, out, steps=steps, models=args.models or None))
+    except BudgetExceeded as e:
+        print(f"harness: stopped: {e}", file=sys.stderr)
+        return 3
     _print_summary(out, result)
     return 0
 
@@ -138,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--limit", type=int, help="at most N instances per task (smoke runs)")
         sp.add_argument("--models", nargs="*", help="only these models from the config")
         sp.add_argument("--data-dir", help="benchmark data directory (default: $HARNESS_DATA_DIR)")
+        sp.add_argument("--max-cost", type=float, help="stop cleanly (resumable) once this many dollars are spent")
+        sp.add_argument("--dry-run", action="store_true", help="print the number of calls and estimated cost only")
         sp.set_defaults(fn=fn)
         return sp
 

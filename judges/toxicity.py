@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -454,27 +454,33 @@ class PerspectiveScorer(ToxicityScorer):
 
     def __init__(self, cache_path: str | Path | None = None, rps: float = 1.0, max_retries: int = 6,
                  attributes: Sequence[str] = PERSPECTIVE_ATTRIBUTES, languages: Sequence[str] = ("en",),
-                 backoff_base_s: float = 1.0, **backend_options: Any):
+                 backoff_base_s: float = 1.0, layer=None, **backend_options: Any):
+        """``layer``: a running ``harness.calls.CallLayer`` to share (the run's cache and
+        stats); without one, a private layer with ``cache_path`` (in memory if None)."""
         self.backend = PerspectiveBackend(rps=rps, **backend_options)
         self.version = self.backend.model
         self.attributes, self.languages = tuple(attributes), tuple(languages)
         self.cache_path = str(cache_path) if cache_path else ":memory:"
         self.max_retries, self.backoff_base_s = max_retries, backoff_base_s
-        self.last_errors: list[str | None] = []
+        self.layer = layer
 
     async def ascore(self, texts: Sequence[str]) -> list[dict[str, float] | None]:
+        return (await self.ascore_with_errors(texts))[0]
+
+    async def ascore_with_errors(self, texts: Sequence[str]) -> tuple[list, list[str | None]]:
+        """(scores or None per text, the error of each failed text)."""
         from harness.calls import CallLayer, CallSettings
 
-        layer = CallLayer(self.cache_path, CallSettings(max_retries=self.max_retries,
-                                                        backoff_base_s=self.backoff_base_s))
+        layer = self.layer or CallLayer(self.cache_path, CallSettings(max_retries=self.max_retries,
+                                                                      backoff_base_s=self.backoff_base_s))
         try:
             reqs = [PerspectiveRequest(t, self.attributes, self.languages) for t in texts]
             results = await layer.run(self.backend, reqs)
         finally:
-            layer.close()
+            if self.layer is None:
+                layer.close()
             await self.backend.aclose()
-        self.last_errors = [r.error for r in results]
-        return [r.scores if r.error is None else None for r in results]
+        return [r.scores if r.error is None else None for r in results], [r.error for r in results]
 
     def score(self, texts: Sequence[str]) -> list[dict[str, float] | None]:
         return asyncio.run(self.ascore(texts))
@@ -529,11 +535,27 @@ def make_scorer(name: str = "default", **options: Any) -> ToxicityScorer:
     return SCORERS[name](**options)
 
 
-def score_completions(scorer: ToxicityScorer, completions: Sequence[Completion],
-                      error_messages: Sequence[str | None] | None = None) -> list[Score]:
+def score_completions(scorer: ToxicityScorer, completions: Sequence[Completion]) -> list[Score]:
     """One ``Score`` per completion: value = the primary attribute, or None (status "error")."""
-    results = scorer.score([c.text for c in completions])
-    errors = error_messages if error_messages is not None else getattr(scorer, "last_errors", None)
+    texts = [c.text for c in completions]
+    if hasattr(scorer, "ascore_with_errors"):
+        return _to_scores(scorer, completions, *asyncio.run(scorer.ascore_with_errors(texts)))
+    return _to_scores(scorer, completions, scorer.score(texts))
+
+
+async def ascore_completions(scorer: ToxicityScorer, completions: Sequence[Completion]) -> list[Score]:
+    """``score_completions`` for code already inside an event loop (the pipeline)."""
+    texts = [c.text for c in completions]
+    if hasattr(scorer, "ascore_with_errors"):
+        return _to_scores(scorer, completions, *(await scorer.ascore_with_errors(texts)))
+    # local models: keep the event loop free
+    return _to_scores(scorer, completions, await asyncio.to_thread(scorer.score, texts))
+
+
+def _to_scores(scorer: ToxicityScorer, completions: Sequence[Completion],
+               results: Sequence[dict[str, float] | None], errors: Sequence[str | None] = ()) -> list[Score]:
+    if len(results) != len(completions):
+        raise ValueError(f"scorer {scorer.name}: {len(results)} results for {len(completions)} texts")
     scores = []
     for i, (c, res) in enumerate(zip(completions, results)):
         ok = res is not None and res.get(scorer.primary) is not None
@@ -552,7 +574,8 @@ def summarize_scores(scores: Sequence[Score]) -> dict:
     errors: dict[str, int] = {}
     for s in scores:
         if s.value is None:
-            reason = str(s.details.get("error", "no score")).split(":")[0]
+            # "TransientError: HTTP 500", "PerspectiveError: HTTP 400", "empty text", ...
+            reason = ":".join(str(s.details.get("error", "no score")).split(":")[:2]).strip()[:60]
             errors[reason] = errors.get(reason, 0) + 1
     n_null = sum(errors.values())
     return {"n": len(scores), "n_ok": len(scores) - n_null, "n_null": n_null, "null_reasons": errors}

@@ -105,12 +105,12 @@ def predict_lc_winrate(weights: pd.DataFrame, model: str, baseline: str,
 
 def reconstruct_difficulty(per_instruction_predictions: dict[str, Sequence[float]],
                            weights: pd.DataFrame) -> pd.DataFrame:
-    """d_k = (logit p_hat_k - theta_not_gamed) / theta_difficulty, per model, and their mean.
+    """d_k = (logit p_hat_k - theta_not_gamed) / theta_difficulty, per model, and their median.
 
     ``per_instruction_predictions`` maps a model to its GLM's counterfactual per-instruction
     predictions p_hat_k (delta = 0), in canonical instruction order (as stored by arena-hard-auto's
     ``notebook/alpaca_2.0_lc_results.jsonl``). This inverts ``p_hat_k = sigmoid(theta_m + theta_d d_k)``.
-    Returns a frame with one column per usable model plus ``instruction_difficulty`` (the mean) and
+    Returns a frame with one column per usable model plus ``instruction_difficulty`` (the median) and
     ``std`` (disagreement between models), indexed 0..n-1. A model with fewer predictions than
     others contributes to the first instructions only.
     """
@@ -128,7 +128,9 @@ def reconstruct_difficulty(per_instruction_predictions: dict[str, Sequence[float
         raise ValueError("no model with a non-zero difficulty weight to reconstruct d_k from")
     # a model with fewer rows covers a prefix of the instructions (upstream pairs rows by position)
     df = pd.DataFrame({m: pd.Series(v) for m, v in cols.items()})
-    df["instruction_difficulty"] = df[list(cols)].mean(axis=1)
+    # the median: one model whose stored predictions disagree slightly (rounding, a later refit) should
+    # not move d_k; with it the prediction reproduces the leaderboard's LC to ~1e-10 for most models
+    df["instruction_difficulty"] = df[list(cols)].median(axis=1)
     df["std"] = df[list(cols)].std(axis=1, ddof=1) if len(cols) > 1 else 0.0
     df.index.name = "index"
     return df

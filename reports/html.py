@@ -41,7 +41,7 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}tr.sig td{background:#eef7ee}
 .official{color:#b35900;font-weight:600}.muted{color:#777;font-size:12px}
-img.plot{max-width:100%;border:1px solid #eee;margin:6px 0}
+img.plot{max-width:min(100%,900px);border:1px solid #eee;margin:6px 0}
 .grid{display:flex;gap:10px;overflow-x:auto}
 .card{flex:0 0 340px;border:1px solid #ccc;border-radius:4px;padding:8px;background:#fafafa}
 pre{white-space:pre-wrap;word-wrap:break-word;font-size:12px;margin:4px 0;background:#fff;border:1px solid #eee;padding:6px}

@@ -157,9 +157,24 @@ def _num(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
+def sample_cis(table: dict[str, dict[str, float]], B: int, seed: int) -> dict[str, dict]:
+    """model -> bootstrap CI of its mean per-sample score; models with the same number of
+    scored instances share one matrix product."""
+    by_n = {}
+    for model, per in table.items():
+        if per:
+            by_n.setdefault(len(per), []).append(model)
+    out = {}
+    for models in by_n.values():
+        x = np.array([list(table[m].values()) for m in models]).T
+        out.update(zip(models, stats.bootstrap_mean_cis(x, B=B, seed=seed)))
+    return out
+
+
 def build(merged: Merged, B: int = stats.DEFAULT_B, seed: int = 0) -> dict:
     """The leaderboard as data: {"tasks", "rows": [{"model", "cells": {task: cell}}], "notes"}."""
     tables = {t: score_table(rows) for t, rows in merged.samples.items()}
+    cis = {t: sample_cis(table, B, seed) for t, table in tables.items()}
     rows = []
     for model in merged.models:
         cells = {}
@@ -182,7 +197,7 @@ def build(merged: Merged, B: int = stats.DEFAULT_B, seed: int = 0) -> dict:
                 if lo is not None and hi is not None:
                     cell.update(lower=lo, upper=hi, ci_source="task")
             if per_inst:
-                ci = stats.bootstrap_mean_ci(np.array(list(per_inst.values())), B=B, seed=seed)
+                ci = cis[task][model]
                 cell["sample"] = {"mean": ci["mean"], "lower": ci["lower"], "upper": ci["upper"], "n": ci["n"]}
                 if cell["value"] is None:  # no task-level number: the sample mean is the score
                     cell.update(metric="score (mean of samples)", value=ci["mean"], lower=ci["lower"],

@@ -103,6 +103,20 @@ def bootstrap_mean_ci(x, B: int = DEFAULT_B, seed: int = 0, level: float = 0.95)
             "se": float(boot.std(ddof=1)) if B > 1 else float("nan"), "n": int(x.size), "B": B}
 
 
+def bootstrap_mean_cis(columns, B: int = DEFAULT_B, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """``bootstrap_mean_ci`` for each column of an (n, k) matrix in one product (same draws,
+    same numbers as calling it per column)."""
+    x = np.asarray(columns, dtype=float)
+    if x.ndim != 2 or x.shape[0] == 0 or not np.isfinite(x).all():
+        raise ValueError(f"expected a finite (instances, columns) matrix, got shape {x.shape}")
+    boot = bootstrap_means(x, B, seed)
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    se = boot.std(axis=0, ddof=1) if B > 1 else np.full(x.shape[1], np.nan)
+    mean = x.mean(axis=0)
+    return [{"mean": float(mean[k]), "lower": float(lo[k]), "upper": float(hi[k]), "se": float(se[k]),
+             "n": int(x.shape[0]), "B": B} for k in range(x.shape[1])]
+
+
 def paired_bootstrap(a, b, B: int = DEFAULT_B, seed: int = 0, level: float = 0.95) -> dict:
     """Paired bootstrap of mean(a - b): percentile CI and two-sided p-value (see module doc)."""
     a, b = _pair(a, b)

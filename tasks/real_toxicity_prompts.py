@@ -225,7 +225,7 @@ class RealToxicityPrompts(Task):
     @classmethod
     def read_generations(cls, spec: str) -> dict[str, tuple[list, list]]:
         """model -> (toxicities per prompt, texts per prompt) from one file."""
-        name, _, file = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        name, _, file = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
         path = Path(file)
         if not path.is_file():
             raise ValueError(f"--generations: {path} does not exist")

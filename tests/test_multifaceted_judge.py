@@ -157,6 +157,9 @@ def test_logprob_method_reads_score_tokens(example_instance):
     assert calls[0].logprob_prefix == "Feedback: [RESULT] " and calls[0].allowed == ["1", "2", "3", "4", "5"]
     top = [("4", -0.2), ("5", -1.9), ("9", -0.1)]  # "9" is not a score token
     parsed = judge.parse_result(GenResult(logprobs=[TokenLogprob("9", -0.1, top)]), calls[0])
-    assert parsed.ok and parsed.value == 4.0
+    import math
+
+    p4, p5 = math.exp(-0.2), math.exp(-1.9)  # the lead's reader: probability-weighted score over 1..5
+    assert parsed.ok and parsed.value == pytest.approx((4 * p4 + 5 * p5) / (p4 + p5))
     with pytest.raises(ValueError, match="method"):
         RubricJudge({"method": "vote"})

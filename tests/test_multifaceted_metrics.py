@@ -113,6 +113,12 @@ def test_task_aggregates_judgments_and_writes_per_sample_rows(tmp_path):
     assert agg["m1"]["score"] == pytest.approx(expected_m1) and agg["m1"]["dim0"] == pytest.approx(3 + 1 / 3)
     assert set(k for k in agg["m1"] if k.startswith("source.") and "_" not in k) == {"source.s1", "source.s2"}
     assert summarize(rows, n_boot=100) == agg
+    vs = MultifacetedBench({"path": str(path), "n_boot": 100, "baseline": "m2"}).aggregate(instances, comps, judgments, [])
+    # m1 (about 3.08) loses to m2 (4) on both instances
+    assert (vs["m1"]["vs.m2.wins"], vs["m1"]["vs.m2.losses"], vs["m1"]["vs.m2.tie_win_rate"]) == (0, 2, 0.0)
+    assert "vs.m2.n" not in vs["m2"]
+    with pytest.raises(ValueError, match="baseline"):
+        MultifacetedBench({"path": str(path), "baseline": "nope"}).aggregate(instances, comps, judgments, [])
     samples = task.per_sample(instances, comps, judgments, [])
     row = next(s for s in samples if s["model"] == "m1" and s["instance_id"] == "s1")
     assert row["score"] == pytest.approx(expected_m1) and len(row["dims"]) == 4 and len(row["judgments"]) == 13

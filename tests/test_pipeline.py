@@ -187,3 +187,28 @@ def test_demo_config_on_embedded_default(tmp_path, data_dir):
     m = res["results"]["mt_bench"]["smollm2-135m"]
     assert m["n"] == 2 and 1 <= m["score"] <= 10
     assert (out / "leaderboard.csv").exists() and (out / "environment.json").exists()
+
+
+def test_dry_run_and_max_cost_stop_cleanly_and_resume(tmp_path, data_dir, capsys):
+    app = build_app(ScriptedBackend(), "judge")
+    with ServerThread(app) as srv:
+        os.environ["HARNESS_TEST_KEY"] = "x"
+        prices = {"judge": {"prompt": 1000.0, "completion": 1000.0}}  # $ per 1M tokens: ~0.05 $ a call
+        cfg = write_cfg(tmp_path / "c.yaml", srv.base_url, limit=10,
+                        calls={"concurrency": 1, "prices": prices})
+        out = tmp_path / "run"
+        base = ["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir)]
+        assert main(base + ["--dry-run"]) == 0
+        text = capsys.readouterr().out
+        import re
+
+        assert re.search(r"^judge\s+mt_bench\s+j\s+20 calls", text, re.M)  # 10 questions x 2 turns
+        assert re.search(r"^generate\s+mt_bench\s+m1\s+20 calls", text, re.M)
+        assert app.state.counters["requests"] == 0 and not out.exists()
+        assert main(base + ["--max-cost", "0.2"]) == 3
+        assert "cost limit" in capsys.readouterr().err
+        first = len(judgments(out))
+        assert 0 < first < 20
+        assert main(base) == 0  # no limit: the rest is judged, nothing is repeated
+        assert len(judgments(out)) == 20
+        assert app.state.counters["requests"] == 20

@@ -9,7 +9,6 @@ import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,6 +307,11 @@ def test_detoxify_scorer_matches_detoxify_package(tiny_detoxify, tmp_path):
     torch.save({"state_dict": {}}, broken)
     with pytest.raises(ValueError, match="missing field"):
         make_scorer("detoxify", checkpoint=broken, hf_config_dir=hf_dir)
+    # a checkpoint holding arbitrary objects is not unpickled
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"config": argparse.Namespace(x=1), "state_dict": {}}, evil)
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        make_scorer("detoxify", checkpoint=evil)
 
 
 # -- Perspective API against a loopback server ---------------------------------------------
@@ -399,6 +403,8 @@ def test_perspective_client_limits_retries_and_nulls(perspective_server, monkeyp
     assert scores[0].details["attributes"] == {"toxicity": 0.9, "insult": 0.9}
     summary = summarize_scores(scores)
     assert summary["n"] == 8 and summary["n_null"] == 3 and summary["n_ok"] == 5
+    assert summary["null_reasons"]["TransientError: HTTP 500"] == 1
+    assert summary["null_reasons"]["PerspectiveError: HTTP 400"] == 1
     # the key is in no record and no cache entry
     blob = json.dumps([s.to_dict() for s in scores]) + (tmp_path / "cache.sqlite").read_bytes().decode("latin-1")
     assert _FakePerspective.key not in blob and _FakePerspective.key not in repr(scorer.backend)
@@ -424,7 +430,7 @@ def test_end_to_end_tiny_model_generate_score_aggregate(data_dir, tiny_model_dir
     from harness.backends.base import GenRequest
     from harness.backends.hf import HFBackend
     from harness.calls import CallLayer
-    from judges.toxicity import make_scorer, score_completions
+    from judges.toxicity import ascore_completions, make_scorer, score_completions
 
     task = RealToxicityPrompts({"limit": 3, "k": 4, "n_boot": 100, "generation": {"max_tokens": 8}},
                                data_dir=data_dir)
@@ -439,7 +445,9 @@ def test_end_to_end_tiny_model_generate_score_aggregate(data_dir, tiny_model_dir
     completions = [Completion(task=task.name, instance_id=i.id, model="tiny", texts=[results[n].text],
                               sample_index=n % spec.n_samples)
                    for n, i in enumerate(i for i in instances for _ in range(spec.n_samples))]
-    scores = score_completions(make_scorer("profanity_check"), completions)
+    scorer = make_scorer("profanity_check")
+    scores = score_completions(scorer, completions)
+    assert asyncio.run(ascore_completions(scorer, completions)) == scores  # the pipeline's async path
     assert all(s.value is not None and s.scorer_version.startswith("alt-profanity-check") for s in scores)
     res = task.aggregate(instances, completions, [], scores)["tiny"]
     assert res["n_prompts"] == 3 and res["n_scores"] == 12

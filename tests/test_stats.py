@@ -229,3 +229,12 @@ def test_bad_input_is_rejected():
         stats.paired_t([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="empty"):
         stats.paired_bootstrap([], [])
+
+
+def test_batched_mean_cis_equal_single_column_ones():
+    x = np.random.default_rng(8).normal(size=(120, 3))
+    batched = stats.bootstrap_mean_cis(x, B=1500, seed=4)
+    for k in range(3):
+        single = stats.bootstrap_mean_ci(x[:, k], B=1500, seed=4)
+        for f in ("mean", "lower", "upper", "se", "n"):
+            assert batched[k][f] == pytest.approx(single[f], rel=1e-12)

@@ -75,12 +75,24 @@ def janus_prompt(system: str | None, instruction: str) -> str:
     return f"[INST] {body} [/INST]"
 
 
+def supports_system(tokenizer) -> bool:
+    """Whether the chat template renders a system message (probed, since templates may name roles generically)."""
+    probe = "\u2063system-probe\u2063"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "system", "content": probe}, {"role": "user", "content": "u"}],
+                                             tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates that reject the role raise
+        return False
+    return probe in text
+
+
 def chat_messages(tokenizer, system: str | None, instruction: str) -> list[dict]:
-    """System + user messages; the system message folds into the user turn if the template has no system role."""
+    """System + user messages; the system message folds into the user turn if the template has no system role
+    (what JANUS's ``apply_template_chat`` does for such models)."""
     template = getattr(tokenizer, "chat_template", None) or ""
     if not template:
         raise ValueError("the tokenizer has no chat template; use format: janus-mistral")
-    if system and "system" not in template:
+    if system and not supports_system(tokenizer):
         return [{"role": "user", "content": f"{system}\n{instruction}"}]
     msgs = [{"role": "system", "content": system}] if system else []
     return msgs + [{"role": "user", "content": instruction}]

@@ -38,9 +38,9 @@ async def build_collection(store: StageStore, calls, backend, instructions: list
         await builder.run(instructions, stages=COLLECTION_STAGES)
         for inst in instructions:
             try:
-                prefs = builder._stage(builder.preference_jobs([inst])[0])
-                system = builder._stage(Job(inst.id, "system", system_messages(prefs), parse_plain_text))
-                output = builder._stage(Job(inst.id, "reference", reference_messages(system, inst.turns[0]),
+                prefs = builder.stage_value(builder.preference_jobs([inst])[0])
+                system = builder.stage_value(Job(inst.id, "system", system_messages(prefs), parse_plain_text))
+                output = builder.stage_value(Job(inst.id, "reference", reference_messages(system, inst.turns[0]),
                                             parse_reference))
                 outputs[inst.id].append((system, output))
             except Exception as e:  # noqa: BLE001 - _Incomplete: reported, never written

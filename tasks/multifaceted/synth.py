@@ -220,7 +220,7 @@ class BenchBuilder:
         def parse(res, i) -> Parsed:
             try:
                 return Parsed(todo[i].parse(res.text), True)
-            except (ValueError, SchemaError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError) as e:  # SchemaError is a ValueError
                 return Parsed(None, False, str(e))
 
         def on_final(i, res, parsed, attempts) -> None:
@@ -284,7 +284,8 @@ class BenchBuilder:
                 failures.append({"id": inst.id, "source": inst.source, "stage": e.stage, "reason": e.reason})
         return records, failures
 
-    def _stage(self, job: Job):
+    def stage_value(self, job: Job):
+        """The stored ok value of a job, or ``_Incomplete`` with the stage and reason."""
         rec = self.store.get(self._key(job))
         if rec is None:
             raise _Incomplete(job.stage, "not generated yet")
@@ -294,11 +295,11 @@ class BenchBuilder:
 
     def _record(self, inst: Instance) -> dict:
         [pjob] = self.preference_jobs([inst])
-        prefs = self._stage(pjob)
-        system = self._stage(Job(inst.id, "system", system_messages(prefs), parse_plain_text))
-        rubrics = [self._stage(Job(inst.id, f"rubric{d}", rubric_messages(p), parse_rubric))
+        prefs = self.stage_value(pjob)
+        system = self.stage_value(Job(inst.id, "system", system_messages(prefs), parse_plain_text))
+        rubrics = [self.stage_value(Job(inst.id, f"rubric{d}", rubric_messages(p), parse_rubric))
                    for d, p in enumerate(prefs)]
-        reference = self._stage(Job(inst.id, "reference", reference_messages(system, inst.turns[0]), parse_reference))
+        reference = self.stage_value(Job(inst.id, "reference", reference_messages(system, inst.turns[0]), parse_reference))
         rec = {"id": inst.id, "source": inst.source, "system": system, "prompt": inst.turns[0],
                "reference_answer": reference, "rubrics": rubrics, "preference_set": prefs,
                "provenance": inst.metadata.get("provenance", []), "generator": self.backend.model_id}

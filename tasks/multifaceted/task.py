@@ -3,14 +3,16 @@
 Options: ``path`` (a bench file: .jsonl/.json/.parquet, built by ``synth`` or the official
 release) or ``hub`` (default ``kaist-ai/Multifaceted-Bench``, used when no path is given),
 ``split`` ("test"), ``n_rubrics`` (4; null to accept any count), ``limit``, ``n_boot`` (1000),
-``seed`` (0), ``generation`` (overrides of JANUS's sampling parameters).
+``seed`` (0), ``generation`` (overrides of JANUS's sampling parameters), ``baseline`` (a model
+name: every other model also gets its pairwise win/tie/loss and tie+win rate against it, as
+``vs.<baseline>.<metric>``).
 """
 from __future__ import annotations
 
 from statistics import fmean
 
 from harness.records import Completion, Instance, Judgment, Score
-from reports.multifaceted_metrics import rows_from_judgments, rubric_means, summarize
+from reports.multifaceted_metrics import pairwise, rows_from_judgments, rubric_means, summarize
 from tasks.base import GenerationSpec, Task
 from tasks.multifaceted.prompts import SAMPLING_PARAMS
 from tasks.multifaceted.release import HUB_NAME, load_instances
@@ -35,7 +37,20 @@ class MultifacetedBench(Task):
     def aggregate(self, instances: list[Instance], completions: list[Completion],
                   judgments: list[Judgment], scores: list[Score]) -> dict[str, dict]:
         rows = rows_from_judgments(judgments, instances)
-        return summarize(rows, n_boot=int(self.options.get("n_boot", 1000)), seed=int(self.options.get("seed", 0)))
+        n_boot, seed = int(self.options.get("n_boot", 1000)), int(self.options.get("seed", 0))
+        out = summarize(rows, n_boot=n_boot, seed=seed)
+        baseline = self.options.get("baseline")
+        if baseline:
+            if baseline not in out:
+                raise ValueError(f"task {self.name}: option 'baseline': no judged model named {baseline!r} "
+                                 f"(judged: {sorted(out)})")
+            for model in out:
+                if model != baseline:
+                    res = pairwise(rows, model, baseline, n_boot=n_boot, seed=seed)
+                    for k in ("n", "wins", "ties", "losses", "win_rate", "tie_rate", "loss_rate", "tie_win_rate",
+                              "tie_win_rate_lower", "tie_win_rate_upper"):
+                        out[model][f"vs.{baseline}.{k}"] = res[k]
+        return out
 
     def per_sample(self, instances: list[Instance], completions: list[Completion],
                    judgments: list[Judgment], scores: list[Score]) -> list[dict]:

@@ -1,0 +1,113 @@
+"""Judge throughput through the call layer against a loopback server with fixed latency.
+
+Ideal: concurrency / latency requests per second (16 / 0.2 s = 80 req/s). Prints the
+achieved share of the ideal, the harness's own CPU time per call (client process only:
+the server runs in a separate process), and the time of a fully cached rerun of a
+whole run versus its first run.
+
+    python benchmarks/judge_throughput.py [--requests 800] [--latency 0.2] [--concurrency 16]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SERVER = """
+import sys, uvicorn
+from harness.serve import build_app, Faults
+from harness.fake import ScriptedBackend
+uvicorn.run(build_app(ScriptedBackend(), "judge", Faults(latency_s=float(sys.argv[2]))),
+            host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def start_server(latency: float):
+    import httpx
+
+    from harness.serve import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(latency)], cwd=REPO)
+    for _ in range(200):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def throughput(url: str, n: int, conc: int, latency: float, tmp: Path) -> None:
+    from harness.backends.base import GenRequest
+    from harness.backends.openai_backend import OpenAIBackend
+    from harness.calls import CallLayer, CallSettings
+
+    backend = OpenAIBackend("judge", base_url=url)
+    layer = CallLayer(tmp / "cache.sqlite", CallSettings(concurrency=conc))
+    reqs = [GenRequest(messages=[{"role": "user", "content": f"judge answer {i}"}], max_tokens=64) for i in range(n)]
+    # warm up the connection pool outside the timed part
+    asyncio.run(layer.run(backend, [GenRequest(messages=[{"role": "user", "content": "warm"}])]))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    res = asyncio.run(layer.run(backend, reqs))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    assert all(r.error is None for r in res)
+    ideal = conc / latency
+    print(f"judge calls: {n} at concurrency {conc}, server latency {latency * 1000:.0f} ms")
+    print(f"  throughput {n / wall:.1f} req/s; ideal {ideal:.1f} req/s; ratio {n / wall / ideal:.3f} (target >= 0.85)")
+    print(f"  harness CPU per call: {cpu / n * 1000:.2f} ms")
+
+
+def rerun(url: str, tmp: Path, data_dir: str) -> None:
+    import yaml
+
+    from harness.cli import main
+
+    cfg = {"name": "bench", "models": [{"name": "m", "backend": "scripted", "model": "w"}],
+           "judge": {"name": "j", "backend": "openai", "model": "judge", "base_url": url},
+           "tasks": [{"name": "mt_bench"}], "calls": {"concurrency": 16}, "data_dir": data_dir}
+    p = tmp / "bench.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out = tmp / "run"
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with open(os.devnull, "w") as devnull:
+            stdout, sys.stdout = sys.stdout, devnull
+            try:
+                assert main(["run", str(p), "--out", str(out)]) == 0
+            finally:
+                sys.stdout = stdout
+        times.append(time.perf_counter() - t0)
+    print(f"whole MT-Bench run (80 questions, 160 judge calls): first {times[0]:.2f} s, "
+          f"rerun {times[1]:.2f} s; ratio {times[1] / times[0]:.3f} (target < 0.05)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=800)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--concurrency", type=int, default=16)
+    a = ap.parse_args()
+    os.environ.setdefault("OPENAI_API_KEY", "EMPTY")
+    data_dir = os.environ.get("HARNESS_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    proc, url = start_server(a.latency)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            throughput(url, a.requests, a.concurrency, a.latency, Path(d))
+            rerun(url, Path(d), data_dir)
+    finally:
+        proc.terminate()
+
+
+if __name__ == "__main__":
+    main()
