@@ -48,7 +48,7 @@ def _print_summary(out: Path, result: dict) -> None:
     for task, f in result.get("failures", {}).items():
         if any(f.values()):
             print(f"  {task}: {f['generation_errors']} generation errors, {f['judge_errors']} judge errors, "
-                  f"{f['judge_parse_failures']} judge parse failures")
+                  f"{f['judge_parse_failures']} judge parse failures, {f.get('score_nulls', 0)} null scores")
     lb = out / "leaderboard.md"
     if lb.exists():
         print(lb.read_text())
@@ -81,6 +81,10 @@ def cmd_generate(args) -> int:
     return cmd_run(args, steps=("build", "generate"))
 
 
+def cmd_score(args) -> int:
+    return cmd_run(args, steps=("score", "aggregate"))
+
+
 def cmd_judge(args) -> int:
     return cmd_run(args, steps=("judge", "aggregate"))
 
@@ -99,10 +103,10 @@ def cmd_data(args) -> int:
     from harness import data
 
     if args.data_cmd == "pull":
-        if not args.source:
-            raise ValueError("harness data pull: upstream download is not available offline; "
-                             "use --from DIR with a local mirror")
-        pulled = data.pull(args.source, args.dest, args.datasets or None)
+        if args.source:
+            pulled = data.pull(args.source, args.dest, args.datasets or None)
+        else:
+            pulled = data.download(args.dest, args.datasets or None)
         print(f"pulled and verified: {', '.join(pulled) or '(nothing)'} -> {args.dest or data.data_dir()}")
     elif args.data_cmd == "verify":
         root = Path(args.dest) if args.dest else data.data_dir()
@@ -158,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_like("run", cmd_run, "build, generate, judge and aggregate every task of a config (resumable)")
     run_like("generate", cmd_generate, "build instances and generate completions only")
+    run_like("score", cmd_score, "score stored completions with the task's classifier (e.g. toxicity), then aggregate")
     run_like("judge", cmd_judge, "judge stored completions with the config's judge, then aggregate")
     run_like("aggregate", cmd_aggregate, "recompute results.json, samples and leaderboard from stored records")
 

@@ -75,6 +75,41 @@ def pull(source: str | Path, dest: str | Path | None = None, datasets: list[str]
     return pulled
 
 
+def download(dest: str | Path | None = None, datasets: list[str] | None = None, timeout_s: float = 60) -> list[str]:
+    """Fetch the pinned upstream files (``data_sources.yaml``) and verify each sha256.
+
+    A file is written under its final name only after its hash matched.
+    """
+    import httpx
+    import yaml
+
+    sources = yaml.safe_load((Path(__file__).parent / "data_sources.yaml").read_text())
+    dst = Path(dest) if dest else data_dir()
+    pulled = []
+    for name, files in sources.items():
+        if datasets and name not in datasets:
+            continue
+        for f in files:
+            target = dst / name / f["path"]
+            if target.exists() and sha256_file(target) == f["sha256"]:
+                continue
+            try:
+                resp = httpx.get(f["url"], timeout=timeout_s, follow_redirects=True)
+                resp.raise_for_status()
+            except httpx.HTTPError as e:
+                raise ValueError(f"{f['url']}: download failed ({type(e).__name__}); "
+                                 f"use `harness data pull --from DIR` with a local mirror") from None
+            digest = hashlib.sha256(resp.content).hexdigest()
+            if digest != f["sha256"]:
+                raise ValueError(f"{f['url']}: sha256 {digest} does not match the pinned {f['sha256']}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.partial")
+            tmp.write_bytes(resp.content)
+            tmp.rename(target)
+        pulled.append(name)
+    return pulled
+
+
 def require(path: Path, what: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: {what} not found (set HARNESS_DATA_DIR or run `harness data pull --from DIR`)")

@@ -143,11 +143,38 @@ class Run:
                           completion_tokens=m["ct"], latency_s=m["lat"], backend=backend.name,
                           gen_config_hash=gen_hash, status="error" if m["err"] else "ok", error=m["err"])
 
+    # -- score (classifiers, e.g. toxicity): one number per completion
+    async def score(self, tcfg: TaskConfig, chunk: int = 256) -> dict:
+        task = self.task(tcfg)
+        name = task.options.get("scorer", getattr(task, "default_scorer", None))
+        if not name:
+            return {}
+        from harness.records import Score
+        from judges.toxicity import ascore_completions, make_scorer, summarize_scores
+
+        opts = dict(task.options.get("scorer_options", {}))
+        if name == "perspective":
+            opts.setdefault("layer", self.calls)
+        scorer = make_scorer(name, **opts)
+        done = self.store.keys("score")
+        todo = [c for c in self.store.iter("completion", task=task.name) if c.status == "ok" and
+                Score(task.name, c.instance_id, c.model, scorer.name, scorer.version, None,
+                      criterion=scorer.primary, sample_index=c.sample_index).key not in done]
+        new = []
+        for i in range(0, len(todo), chunk):  # stored chunk by chunk: a crash loses one chunk
+            recs = await ascore_completions(scorer, todo[i:i + chunk])
+            self.store.put_many(recs)
+            new += recs
+        summary = {"scorer": scorer.name, "version": scorer.version, "todo": len(todo),
+                   **summarize_scores(new)}
+        self.summary.setdefault("scoring", {})[task.name] = summary
+        return summary
+
     # -- judge
     async def judge(self, tcfg: TaskConfig, jcfg: JudgeConfig, models: list[str] | None = None) -> CallStats:
         task = self.task(tcfg)
         judge_name = tcfg.judge or task.default_judge
-        if judge_name is None:
+        if judge_name is None:  # scored by a classifier, or not judged at all
             return CallStats()
         judge = JUDGES.get(judge_name)({**tcfg.judge_options, "method": jcfg.method}
                                        if jcfg.method == "logprob" else dict(tcfg.judge_options))
@@ -231,6 +258,7 @@ class Run:
                 "generation_errors": sum(c.status != "ok" for c in comps),
                 "judge_errors": sum(j.parse_status == "error" for j in judg),
                 "judge_parse_failures": sum(j.parse_status == "parse_failure" for j in judg),
+                "score_nulls": sum(x.status != "ok" for x in scores),
             }
         out = {"run": {"name": self.cfg.name, "created": datetime.now(timezone.utc).isoformat(),
                        "dir": str(self.dir)},
@@ -326,6 +354,9 @@ async def run_all(cfg: RunConfig, out_dir: str | Path, steps=("build", "generate
                     st = await run.generate(tcfg, m, instances)
                     log.info("generate %s/%s: %d requests, %d from cache, %d failed",
                              tcfg.name, m.name, st.requests, st.cached, st.failed)
+        if "generate" in steps or "score" in steps:
+            for tcfg in cfg.tasks:
+                await run.score(tcfg)
         if "judge" in steps and cfg.judge is not None:
             for tcfg in cfg.tasks:
                 st = await run.judge(tcfg, cfg.judge, models)

@@ -151,8 +151,10 @@ def drill_down(samples_by_task: dict[str, list[dict]], max_instances: int = 200)
                 head.append(f"<b>system message</b><pre>{esc(first['system'])}</pre>")
             for k, turn in enumerate(_turns(first), 1):
                 head.append(f"<b>user turn {k}</b><pre>{esc(turn)}</pre>")
-            if first.get("reference"):
-                head.append(f"<details><summary>reference answer</summary><pre>{esc(first['reference'])}</pre></details>")
+            ref = first.get("reference")
+            if ref:
+                ref = "\n\n".join(str(x) for x in ref) if isinstance(ref, list) else ref
+                head.append(f"<details><summary>reference answer</summary><pre>{esc(ref)}</pre></details>")
             meta = ", ".join(f"{k}: {first[k]}" for k in ("source", "category") if first.get(k))
             cards = []
             for r in rs:

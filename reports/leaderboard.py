@@ -108,6 +108,14 @@ def load_run(run_dir) -> RunData:
         for task, per in doc["results"].items():
             if not isinstance(per, dict) or not all(isinstance(m, dict) for m in per.values()):
                 raise ValueError(f"{res_path}: field 'results.{task}' must map model -> metrics dict")
+            for model, metrics in per.items():
+                name = metrics.get("primary_metric")
+                if name is not None and name not in metrics:
+                    raise ValueError(f"{res_path}: field 'results.{task}.{model}.primary_metric' names "
+                                     f"{name!r}, which is not among its metrics")
+                off = metrics.get("official_metrics", [])
+                if not isinstance(off, list):
+                    raise ValueError(f"{res_path}: field 'results.{task}.{model}.official_metrics' must be a list")
         results = doc["results"]
         run = {**run, **(doc.get("run") or {})}
     samples = {}
@@ -232,7 +240,7 @@ def fmt(x, official: bool = False) -> str:
     return f"{x:.2f}" if abs(x) >= 10 else f"{x:.3f}"
 
 
-CSV_FIELDS = ("metric", "value", "lower", "upper", "ci_source", "n", "official",
+CSV_FIELDS = ("metric", "value", "lower", "upper", "ci_source", "n", "official", "official_metrics",
               "sample_mean", "sample_lower", "sample_upper", "sample_n")
 
 
@@ -252,6 +260,7 @@ def to_csv(board: dict) -> str:
             out += [c["metric"] or "", "" if c["value"] is None else repr(c["value"]),
                     "" if c["lower"] is None else repr(c["lower"]), "" if c["upper"] is None else repr(c["upper"]),
                     c["ci_source"] or "", "" if c["n"] is None else c["n"], "yes" if c["official"] else "no",
+                    json.dumps(c["official_metrics"]) if c["official_metrics"] else "",
                     "" if not s else repr(s["mean"]), "" if not s else repr(s["lower"]),
                     "" if not s else repr(s["upper"]), "" if not s else s["n"]]
         w.writerow(out)
@@ -267,6 +276,12 @@ def cell_text(c: dict | None) -> tuple[str, str]:
         main += f" [{fmt(c['lower'], c['official'])}, {fmt(c['upper'], c['official'])}]"
     if c["official"]:
         main += " (official)"
+    # other official numbers of this cell (e.g. AlpacaEval's LC next to its raw win rate), unchanged
+    skip = {c["metric"], f"{c['metric']}_lower", f"{c['metric']}_upper"}
+    others = [f"{k}={fmt(v, True)} (official)" for k, v in c["official_metrics"].items()
+              if k not in skip and _num(v) is not None]
+    if others:
+        main += "; " + "; ".join(others)
     s = c.get("sample")
     ours = f"{fmt(s['mean'])} [{fmt(s['lower'])}, {fmt(s['upper'])}] n={s['n']}" if s else ""
     return main, ours

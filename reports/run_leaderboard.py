@@ -41,7 +41,7 @@ def run_leaderboard_frame(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
             r[f"{task}/{metric}"] = m.get(metric)
             if m.get(f"{metric}_lower") is not None:
                 r[f"{task}/ci"] = f"[{m[f'{metric}_lower']:.3f}, {m[f'{metric}_upper']:.3f}]"
-            r[f"{task}/n"] = m.get("n")
+            r[f"{task}/n"] = m.get("n", m.get("n_prompts"))
     return pd.DataFrame(list(rows.values()))
 
 

@@ -307,3 +307,45 @@ def test_task_load_and_aggregate_from_records_equal_file_path(data_dir, publishe
     assert res_full["win_rate"] == pytest.approx(published.loc[name, "win_rate"], abs=1e-6)
     samples = task.per_sample(instances, comps, judgments, [])
     assert len(samples) == 805 and {"task", "instance_id", "model", "score", "length"} <= set(samples[0])
+
+
+def test_pipeline_end_to_end_with_scripted_backends(data_dir, tmp_path):
+    """build -> generate -> judge (logprobs of m/M) -> aggregate through the harness pipeline."""
+    import asyncio
+    from harness.backends.base import GenResult, TokenLogprob
+    from harness.config import JudgeConfig, ModelConfig, RunConfig, TaskConfig
+    from harness.fake import ScriptedBackend, _digest
+    from harness.pipeline import run_all
+    from harness.registry import BACKENDS, JUDGES
+
+    class LabelBackend(ScriptedBackend):
+        """Answers one label token with top logprobs over m/M (or no label for some requests)."""
+        async def generate(self, requests):
+            out = []
+            for r in requests:
+                k = _digest(r) % 4
+                top = [("The", -0.1)] if k == 0 else [("M", math.log(0.2 * k)), ("m", math.log(1 - 0.2 * k))]
+                out.append(GenResult(text=top[0][0], logprobs=[TokenLogprob(top[0][0], top[0][1], top)]))
+            return out
+
+    class ShortAnswers(ScriptedBackend):
+        def __init__(self, model, **kw):
+            super().__init__(model, answer=lambda r: "short", **kw)
+
+    BACKENDS.register("test_labels", LabelBackend)
+    BACKENDS.register("test_short", ShortAnswers)
+    if "weighted_alpaca_eval_gpt4_turbo" not in JUDGES.names():
+        JUDGES.register("weighted_alpaca_eval_gpt4_turbo", "judges.alpaca_eval_judge:WeightedAlpacaEvalJudge")
+    cfg = RunConfig(name="ae", data_dir=str(data_dir),
+                    models=[ModelConfig(name="m1", backend="test_short")],
+                    judge=JudgeConfig(name="j", backend="test_labels", method="logprob"),
+                    tasks=[TaskConfig(name="alpaca_eval", limit=8,
+                                      judge_options={"annotator_dir": str(data_dir / "alpaca_eval_2/annotator")})],
+                    calls={"parse_retries": 0})
+    out = asyncio.run(run_all(cfg, tmp_path / "run"))
+    res = out["results"]["alpaca_eval"]["m1"]
+    fails = out["failures"]["alpaca_eval"]["judge_parse_failures"]
+    assert res["n_parse_failures"] == fails and res["n_total"] == 8 - fails
+    samples = [json.loads(l) for l in (tmp_path / "run" / "samples" / "alpaca_eval.jsonl").read_text().splitlines()]
+    scores = [s["score"] for s in samples if s["score"] is not None]
+    assert res["win_rate"] == pytest.approx(100 * np.mean(scores))

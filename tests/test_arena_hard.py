@@ -222,3 +222,41 @@ def test_aggregate_from_records_matches_file_path(oracle, data_dir):
         assert (res[m]["score_lower"], res[m]["score_upper"]) == (ref.loc[m, "lower"], ref.loc[m, "upper"])
         assert res[m]["n_parse_failures"] == sum(1 for r in rows if r["model"] == m
                                                  for g in r["games"] if g["score"] is None)
+
+
+def test_pipeline_end_to_end_with_scripted_backends(data_dir, tmp_path):
+    """build -> generate -> judge -> aggregate through the harness pipeline (scripted model and judge)."""
+    import asyncio
+    from harness.config import JudgeConfig, ModelConfig, RunConfig, TaskConfig
+    from harness.fake import _digest
+    from harness.pipeline import run_all
+    from harness.registry import JUDGES
+
+    if "arena_hard_v0.1" not in JUDGES.names():
+        JUDGES.register("arena_hard_v0.1", "judges.arena_hard_judge:ArenaHardJudge")
+    from harness.fake import ScriptedBackend
+    from harness.registry import BACKENDS
+
+    class Answers(ScriptedBackend):
+        def __init__(self, model, **kw):
+            super().__init__(model, answer=lambda r: "an answer", **kw)
+
+    class Verdicts(ScriptedBackend):
+        def __init__(self, model, **kw):
+            super().__init__(model, answer=lambda r: verdicts[_digest(r) % len(verdicts)], **kw)
+
+    BACKENDS.register("test_answers", Answers)
+    BACKENDS.register("test_verdicts", Verdicts)
+    verdicts = ["My final verdict is [[A>B]]", "[[B>>A]]", "[[A=B]]", "no verdict here", "[[B>A]] or [[A>B]]"]
+    cfg = RunConfig(name="ah", data_dir=str(data_dir),
+                    models=[ModelConfig(name="m1", backend="test_answers")],
+                    judge=JudgeConfig(name="j", backend="test_verdicts"),
+                    tasks=[TaskConfig(name="arena_hard", limit=6, options={"clustered_rounds": 50})],
+                    calls={"parse_retries": 0})
+    out = asyncio.run(run_all(cfg, tmp_path / "run"))
+    res = out["results"]["arena_hard"]["m1"]
+    assert 0 <= res["score_lower"] <= res["score"] <= res["score_upper"] <= 100
+    assert "official-compatible" in res["ci_method"] and "harness" in res["clustered_ci_method"]
+    judg = [json.loads(l) for l in (tmp_path / "run" / "samples" / "arena_hard.jsonl").read_text().splitlines()]
+    assert len(judg) == 6 and all(len(r["judgments"]) == 2 for r in judg)
+    assert res["n_parse_failures"] == out["failures"]["arena_hard"]["judge_parse_failures"]

@@ -11,7 +11,8 @@ from harness.config import parse_config
 from harness.fake import ScriptedBackend
 from harness.pipeline import run_all
 from harness.registry import BACKENDS, JUDGES
-from judges.rubric_judge import RubricJudge
+from harness.store import RunStore
+from judges.rubric_judge import RubricJudge, render_judge_messages
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tasks" / "multifaceted" / "readme_example.json"
 
@@ -54,3 +55,15 @@ def test_bench_runs_through_pipeline(tmp_path, data_dir):
     assert res["source.koala"] == res["source.flask"] == 2.5 and res["n_failed"] == 0
     samples = [json.loads(x) for x in (tmp_path / "run/samples/multifaceted_bench.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and all(len(s["judgments"]) == 12 and s["score"] == 2.5 for s in samples)
+    # the prompt each stored judgment was sent with is the JANUS template filled with its fields
+    # (test_multifaceted_judge checks render_judge_messages against the published template text)
+    store = RunStore(tmp_path / "run")
+    completions = {c.key: c for c in store.all("completion")}
+    judgments = store.all("judgment")
+    assert len(judgments) == 36
+    for j in judgments:
+        rubric = record["rubric"][int(j.criterion[len("rubric"):].split("/")[0])]
+        expected = render_judge_messages(record["prompt"], completions[j.completion_key].text,
+                                         record["reference_answer"], rubric)
+        assert j.prompt == expected
+    store.close()

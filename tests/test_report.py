@@ -263,7 +263,10 @@ def test_leaderboard_from_published_data_keeps_official_numbers(data_dir, tmp_pa
                                     "score_upper": float(off["rating_q975"]),
                                     "official_metrics": ["score", "score_lower", "score_upper"]}
     run = _write_run(tmp_path / "published", dict(results), dict(samples))
-    out = make_report([run], tmp_path / "out", baseline=AE_MODELS[0], B=1000, max_instances=5)
+    published_lc = {m: float(ae_board[m]["length_controlled_winrate"]) for m in AE_MODELS}
+    (tmp_path / "lc.json").write_text(json.dumps(published_lc))
+    out = make_report([run], tmp_path / "out", baseline=AE_MODELS[0], B=1000, max_instances=5,
+                      published=[f"alpaca_eval={tmp_path / 'lc.json'}"])
     board = json.loads((out.parent / "leaderboard.json").read_text())
     with open(out.parent / "leaderboard.csv") as fh:
         csv_rows = {r["model"]: r for r in csv.DictReader(fh)}
@@ -277,12 +280,38 @@ def test_leaderboard_from_published_data_keeps_official_numbers(data_dir, tmp_pa
         # the harness CI is computed from the per-instance preferences and traces to the official win rate
         assert 100 * cell["sample"]["mean"] == pytest.approx(float(ae_board[m]["win_rate"]), abs=1e-8)
         assert cell["sample"]["n"] == 805
+        assert f"length_controlled_winrate={float(ae_board[m]['length_controlled_winrate']):.10g} (official)" in md
         assert 100 * cell["sample"]["lower"] < float(ae_board[m]["win_rate"]) < 100 * cell["sample"]["upper"]
     for m in ah_models:
         off = ah_board[m]
         assert csv_rows[m]["arena_hard:value"] == repr(float(off["score"]))
         assert f"{float(off['score']):.10g} [{float(off['rating_q025']):.10g}, {float(off['rating_q975']):.10g}] (official)" in md
         assert rows[m]["arena_hard"]["ci_source"] == "task" and rows[m]["arena_hard"]["sample"]["n"] == 500
+    from scipy.stats import spearmanr
+
+    corr = json.loads((out.parent / "reliability.json").read_text())["rank_correlation_with_published"]
+    wr = [float(ae_board[m]["win_rate"]) for m in sorted(AE_MODELS)]
+    assert corr["alpaca_eval"]["spearman"] == pytest.approx(spearmanr(wr, [published_lc[m] for m in sorted(AE_MODELS)]).statistic)
     rel = json.loads((out.parent / "reliability.json").read_text())["judge_reliability"]
     assert 0 <= rel["arena_hard"]["position_swap"]["consistency"] <= 1
     assert not math.isnan(rel["arena_hard"]["position_swap"]["direction_consistency"])
+
+
+def test_cli_subcommand(tmp_path, capsys):
+    import argparse
+
+    from reports.report import register
+
+    runs, _ = _synthetic_runs(tmp_path)
+    parser = argparse.ArgumentParser(prog="harness")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", *map(str, runs), "--out", str(tmp_path / "cli"), "--all-pairs",
+                              "--bootstrap", "500", "--max-instances", "3"])
+    assert args.func(args) == 0
+    sig = json.loads((tmp_path / "cli" / "significance.json").read_text())
+    assert sig["settings"]["pairs"] == "all" and sig["settings"]["bootstrap_rounds"] == 500
+    assert len(sig["comparisons"]) == 2 * 3  # two benchmarks x three pairs of three models
+    assert str(tmp_path / "cli" / "report.html") in capsys.readouterr().out
+    bad = subprocess.run(["python", "-m", "reports.report", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert bad.returncode == 2 and "run directory does not exist" in bad.stderr

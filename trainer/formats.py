@@ -75,8 +75,18 @@ def janus_prompt(system: str | None, instruction: str) -> str:
     return f"[INST] {body} [/INST]"
 
 
+_SYSTEM_SUPPORT: dict[tuple[int, str], bool] = {}
+
+
 def supports_system(tokenizer) -> bool:
     """Whether the chat template renders a system message (probed, since templates may name roles generically)."""
+    key = (id(tokenizer), tokenizer.chat_template or "")
+    if key not in _SYSTEM_SUPPORT:
+        _SYSTEM_SUPPORT[key] = _probe_system(tokenizer)
+    return _SYSTEM_SUPPORT[key]
+
+
+def _probe_system(tokenizer) -> bool:
     probe = "\u2063system-probe\u2063"
     try:
         text = tokenizer.apply_chat_template([{"role": "system", "content": probe}, {"role": "user", "content": "u"}],
