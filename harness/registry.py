@@ -65,3 +65,5 @@ TASKS.register("real_toxicity_prompts", "tasks.real_toxicity_prompts:RealToxicit
 JUDGES.register("mt_bench_single", "judges.mt_bench_judge:MTBenchSingleJudge")
 # deterministic scripted answers: dry runs and plumbing tests
 BACKENDS.register("scripted", "harness.fake:ScriptedBackend")
+JUDGES.register("weighted_alpaca_eval_gpt4_turbo", "judges.alpaca_eval_judge:WeightedAlpacaEvalJudge")
+JUDGES.register("arena_hard_v0.1", "judges.arena_hard_judge:ArenaHardJudge")

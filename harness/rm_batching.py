@@ -9,6 +9,12 @@ Padding goes on the side the model was built for: value-head (OpenRLHF / JANUS-R
 from the attention mask and are scored left-padded as JANUS does; sequence-classification models (TRL)
 use default positions, so they are right-padded and pooled at the last non-pad token. Rows do not interact,
 so the result equals one-at-a-time scoring (to float rounding; the tests check 1e-4).
+
+The cost model differs by device. On an accelerator, rows in a batch run in parallel, so the budget fills
+batches and sorted lengths keep the padding small. On a CPU a padded token costs as much as a real one and
+a batch is no faster per row than single rows, while a padded batch's 4-d attention mask forces the slow
+attention path; so on CPU only rows of equal length share a batch (``pad_tolerance`` 0), and batches without
+padding run without a mask (the causal fast path).
 """
 from __future__ import annotations
 
@@ -21,11 +27,12 @@ DEFAULT_MAX_BATCH = 64
 
 
 def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> list[list[int]]:
+                 max_batch: int = DEFAULT_MAX_BATCH, pad_tolerance: float = 1.0) -> list[list[int]]:
     """Indices grouped into batches of similar length with rows x longest <= max_tokens.
 
-    Longest first, so a budget that does not fit memory fails on the first batch, not the last.
-    A single sequence longer than the budget still gets a batch of its own.
+    A row joins a batch only if its padding is at most ``pad_tolerance`` x the batch width (1.0: any;
+    0.0: equal lengths only). Longest first, so a budget that does not fit memory fails on the first batch,
+    not the last. A single sequence longer than the budget still gets a batch of its own.
     """
     if max_tokens < 1 or max_batch < 1:
         raise ValueError(f"scorer batching: max_tokens and max_batch must be >= 1, got {max_tokens}, {max_batch}")
@@ -35,7 +42,8 @@ def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS,
     for i in order:
         # sorted descending: the first row of a batch is its longest
         width = lengths[current[0]] if current else lengths[i]
-        if current and ((len(current) + 1) * width > max_tokens or len(current) >= max_batch):
+        full = (len(current) + 1) * width > max_tokens or len(current) >= max_batch
+        if current and (full or width - lengths[i] > pad_tolerance * width):
             batches.append(current)
             current = []
         current.append(i)
@@ -62,17 +70,42 @@ def pads_left(scorer: RewardScorer) -> bool:
     return scorer.kind == VALUE_HEAD
 
 
-def forward_rewards(scorer: RewardScorer, ids, mask) -> list[float]:
-    """One forward pass of the scorer's model on a padded batch -> one float per row."""
+def forward_rewards(scorer: RewardScorer, ids, mask, unpadded_fast_path: bool = True) -> list[float]:
+    """One forward pass of the scorer's model on a padded batch -> one float per row.
+
+    A batch without padding is run without an attention mask: the model then takes its causal fast path
+    (on CPU a padded batch's explicit 4-d mask costs up to half the time). Positions are the same
+    (0..L-1 = cumsum(mask) - 1), so is the reward.
+    """
     import torch
 
+    padded = not bool(mask.all())
     with torch.no_grad():
         ids, mask = ids.to(scorer.device), mask.to(scorer.device)
         if scorer.kind == VALUE_HEAD:
-            rewards = scorer.model(ids, mask)
+            if padded or not unpadded_fast_path:
+                rewards = scorer.model(ids, mask)
+            else:
+                rewards = _value_head_unpadded(scorer.model, ids)
         else:
-            rewards = scorer.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+            use_mask = padded or not unpadded_fast_path
+            rewards = scorer.model(input_ids=ids, attention_mask=mask if use_mask else None).logits[:, 0]
     return [float(r) for r in rewards.float().tolist()]
+
+
+def _value_head_unpadded(model, ids):
+    """The value-head reward (``trainer.reward_model``) of rows without padding: the value at the last token."""
+    hidden = model.base(input_ids=ids).last_hidden_state[:, -1]
+    reward = model.value_head(hidden).squeeze(-1)
+    if model.normalize:
+        reward = (reward - model.mean) / model.std
+    return reward
+
+
+def default_pad_tolerance(device: str) -> float:
+    """CPU: a padded row costs as much compute as a real one and batching buys nothing, so only rows of equal
+    length share a batch. Accelerators: batching is what makes them fast; sorted buckets keep padding small."""
+    return 0.0 if str(device).startswith("cpu") else 1.0
 
 
 def _ensure_pad_token(scorer: RewardScorer) -> None:
@@ -87,9 +120,10 @@ class BucketedScorer:
     """Scores (system, prompt, response) triples with a ``trainer.reward_model.RewardScorer``."""
 
     def __init__(self, scorer: RewardScorer, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 max_batch: int = DEFAULT_MAX_BATCH):
+                 max_batch: int = DEFAULT_MAX_BATCH, pad_tolerance: float | None = None):
         self.scorer = scorer
         self.max_tokens, self.max_batch = int(max_tokens), int(max_batch)
+        self.pad_tolerance = default_pad_tolerance(scorer.device) if pad_tolerance is None else float(pad_tolerance)
         self.name, self.version = scorer.name, scorer.version
         _ensure_pad_token(scorer)
 
@@ -101,7 +135,7 @@ class BucketedScorer:
         so a caller can store finished work before the next batch runs."""
         out: list[float] = [0.0] * len(seqs)
         left = pads_left(self.scorer)
-        for idx in plan_batches([len(s) for s in seqs], self.max_tokens, self.max_batch):
+        for idx in plan_batches([len(s) for s in seqs], self.max_tokens, self.max_batch, self.pad_tolerance):
             ids, mask = pad_batch([seqs[i] for i in idx], self.scorer.pad_id, left)
             rewards = forward_rewards(self.scorer, ids, mask)
             for i, r in zip(idx, rewards):
@@ -115,11 +149,11 @@ class BucketedScorer:
 
 
 def score_one_at_a_time(scorer: RewardScorer, triples: Sequence[tuple]) -> list[float]:
-    """No padding at all: the ground truth the batched scorer must match."""
+    """No padding, the model's own forward with its mask: the ground truth the batched scorer must match."""
     out = []
     for t in triples:
         ids, mask = pad_batch([scorer.encode(*t)], scorer.pad_id, pads_left(scorer))
-        out.append(forward_rewards(scorer, ids, mask)[0])
+        out.append(forward_rewards(scorer, ids, mask, unpadded_fast_path=False)[0])
     return out
 
 
@@ -134,6 +168,6 @@ def score_per_prompt(scorer: RewardScorer, groups: Sequence[Sequence[tuple]], ba
         rewards: list[float] = []
         for start in range(0, len(seqs), batch_size):
             ids, mask = pad_batch(seqs[start:start + batch_size], scorer.pad_id, left)
-            rewards.extend(forward_rewards(scorer, ids, mask))
+            rewards.extend(forward_rewards(scorer, ids, mask, unpadded_fast_path=False))
         out.append(rewards)
     return out

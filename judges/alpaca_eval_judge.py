@@ -14,6 +14,7 @@ Faithful to alpaca_eval 0.6.6:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -111,7 +112,7 @@ class WeightedAlpacaEvalJudge(Judge):
         cfg = self.annotator_config()
         return {**super().config(), "completions_kwargs": cfg.get("completions_kwargs"),
                 "completion_parser_kwargs": cfg.get("completion_parser_kwargs"),
-                "template_sha": __import__("hashlib").sha256(self.template().encode()).hexdigest()[:16]}
+                "template_sha": hashlib.sha256(self.template().encode()).hexdigest()[:16]}
 
     # -- requests
     @staticmethod

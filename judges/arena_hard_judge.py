@@ -86,7 +86,9 @@ class ArenaHardJudge(Judge):
             raise ValueError(f"arena_hard instance {instance.id}: no baseline answer in metadata['baseline_answer']")
         cfg = self.judge_config()
         question, answer = instance.turns[0], completion.text
-        common = dict(max_tokens=int(cfg.get("max_tokens", 4096)), temperature=float(cfg.get("temperature", 0)),
+        # option max_tokens: a smaller budget for small local judges (not the official 4096)
+        max_tokens = int(self.options.get("max_tokens") or cfg.get("max_tokens", 4096))
+        common = dict(max_tokens=max_tokens, temperature=float(cfg.get("temperature", 0)),
                       baseline=self.baseline)
         return [
             JudgeCall(criterion="game1", messages=self.render(question, baseline_answer, answer), position="B",

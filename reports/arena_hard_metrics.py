@@ -18,6 +18,10 @@ count vector, and all rounds are solved at once by a batched Newton method on th
 
 ``clustered_bootstrap`` (resampling questions, not rows) is the harness's own addition and is
 labelled so; it is not the official number.
+
+Known official bug, fixed here: ``get_bootstrap_result`` never passes ``baseline_model``, so the
+official bootstrap always anchors on ``gpt-4-0314``; here every fit anchors on the given baseline.
+For the default baseline both are the same.
 """
 from __future__ import annotations
 
@@ -37,11 +41,12 @@ _GAME2 = {"A>>B": ("model_b", True), "A>B": ("model_b", False), "A=B": ("tie", F
           "B>A": ("model_a", False), "B>>A": ("model_a", True)}
 
 
-def game_outcome(game_index: int, score) -> tuple[str | None, int]:
-    """(winner, number of rows) of one game; (None, 0) when the verdict is not one of the five labels."""
+def game_outcome(game_index: int, score) -> tuple[str | None, bool]:
+    """(winner, strong) of one game (0-based index); (None, False) when the verdict is not one of the
+    five labels, which drops the game."""
     table = _GAME1 if game_index == 0 else _GAME2
     if not isinstance(score, str) or score not in table:
-        return None, 0
+        return None, False
     winner, strong = table[score]
     return winner, strong
 
@@ -133,6 +138,9 @@ def fit_bt(types: BattleTypes, counts: np.ndarray, anchor: int, max_iter: int = 
             break
     full = np.zeros((R, p))
     full[:, free] = theta
+    # a model without any battle in a round has no estimate there (the official fit leaves it out: NaN)
+    rows_per_model = np.abs(D).T @ total.T  # (p, R)
+    full[(rows_per_model.T == 0)] = np.nan
     # natural-log scale -> elo: the design uses ln(10) per unit of coef, elo = 400 coef + 1000
     return SCALE * full / math.log(BASE) + INIT_RATING
 

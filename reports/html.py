@@ -68,7 +68,8 @@ def leaderboard_table(board: dict) -> str:
             c = row["cells"].get(t)
             main, ours = cell_text(c)
             cls = ' class="official"' if c and c["official"] else ""
-            metric = f'<div class="muted">{esc(c["metric"])}</div>' if c else ""
+            metric = (f'<div class="muted">{esc(c["metric"])}'
+                      + (f' — CI: {esc(c["ci_method"])}' if c.get("ci_method") else "") + "</div>") if c else ""
             cells.append(f"<td{cls}>{esc(main)}{metric}</td><td>{esc(ours)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="muted">note: {esc(n)}</p>' for n in board.get("notes", []))

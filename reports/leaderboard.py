@@ -140,6 +140,8 @@ def merge_runs(run_dirs) -> Merged:
                 merged.source[key] = str(rd.path)
         for task, rows in rd.samples.items():
             models_here = {r["model"] for r in rows}
+            for m in sorted(models_here & {r["model"] for r in merged.samples.get(task, [])}):
+                merged.notes.append(f"{task}/{m}: samples from {rd.path} replace earlier ones")
             kept = [r for r in merged.samples.get(task, []) if r["model"] not in models_here]
             merged.samples[task] = kept + rows
             for m in models_here:
@@ -204,6 +206,9 @@ def build(merged: Merged, B: int = stats.DEFAULT_B, seed: int = 0) -> dict:
                 lo, hi = _num(metrics.get(f"{name}_lower")), _num(metrics.get(f"{name}_upper"))
                 if lo is not None and hi is not None:
                     cell.update(lower=lo, upper=hi, ci_source="task")
+                    method = metrics.get(f"{name}_ci_method", metrics.get("ci_method"))
+                    if method:
+                        cell["ci_method"] = str(method)
             if per_inst:
                 ci = cis[task][model]
                 cell["sample"] = {"mean": ci["mean"], "lower": ci["lower"], "upper": ci["upper"], "n": ci["n"]}

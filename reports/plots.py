@@ -65,10 +65,14 @@ def score_bars(board: dict, task: str, path) -> Path | None:
 
 
 def radar(values: dict[str, dict[str, float]], title: str, path, value_range=(1, 5)) -> Path | None:
-    """One polygon per model over the axes (e.g. sources or rubric dimensions)."""
+    """One polygon per model over the axes (e.g. sources or rubric dimensions). The radial
+    range is ``value_range`` (the 1-5 rubric scale) when every value fits in it, else automatic."""
     axes = sorted({a for per in values.values() for a in per})
     if len(axes) < 3 or not values:
         return None  # a radar needs at least three spokes
+    flat = [v for per in values.values() for v in per.values()]
+    if value_range and not (value_range[0] <= min(flat) and max(flat) <= value_range[1]):
+        value_range = None
     angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False).tolist()
     fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"polar": True})
     for model, per in sorted(values.items()):
@@ -141,27 +145,51 @@ def length_vs_score(samples_by_task: dict[str, list[dict]], path) -> Path | None
     return _save(fig, path)
 
 
+def _pick(row: dict, *names):
+    for n in names:
+        if row.get(n) not in (None, ""):
+            return row[n]
+    return None
+
+
 def read_best_of_n(path) -> list[dict]:
-    """Best-of-n table: CSV or JSON/JSONL rows with n, score and optionally model, reward,
-    score_lower, score_upper."""
+    """Best-of-n curve rows from CSV, JSONL or JSON: each row has ``n`` and ``score`` and/or
+    ``reward`` (also read as ``score_mean``/``reward_mean``, the columns of reports.bestofn),
+    optionally ``model`` and ``score_lower``/``score_upper``/``reward_lower``/``reward_upper``.
+    A JSON object with a ``curve`` list (reports.bestofn's analysis file) works too."""
     path = Path(path)
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    elif path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows, default_model = list(csv.DictReader(fh)), path.stem
+        elif path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            default_model = path.stem
+        else:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(doc, dict):
+                rows = doc.get("curve")
+                default_model = (doc.get("meta") or {}).get("model") or path.stem
+            else:
+                rows, default_model = doc, path.stem
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read best-of-n table ({e})") from None
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{path}: no best-of-n rows found (expected a list of rows or a 'curve' list)")
     out = []
     for i, r in enumerate(rows, 1):
-        for f in ("n", "score"):
-            if r.get(f) in (None, ""):
-                raise ValueError(f"{path}: row {i}: missing field '{f}'")
+        if _pick(r, "n") is None:
+            raise ValueError(f"{path}: row {i}: missing field 'n'")
+        if _pick(r, "score", "score_mean", "reward", "reward_mean") is None:
+            raise ValueError(f"{path}: row {i}: missing field 'score' (or 'reward')")
         try:
-            row = {"model": r.get("model") or "best-of-n", "n": int(float(r["n"])), "score": float(r["score"])}
-            for f in ("reward", "score_lower", "score_upper"):
-                if r.get(f) not in (None, ""):
-                    row[f] = float(r[f])
+            row = {"model": r.get("model") or default_model, "n": int(float(r["n"]))}
+            for key, names in (("score", ("score", "score_mean")), ("reward", ("reward", "reward_mean")),
+                               ("score_lower", ("score_lower",)), ("score_upper", ("score_upper",)),
+                               ("reward_lower", ("reward_lower",)), ("reward_upper", ("reward_upper",))):
+                v = _pick(r, *names)
+                if v is not None:
+                    row[key] = float(v)
         except (TypeError, ValueError):
             raise ValueError(f"{path}: row {i}: n/score/reward fields must be numbers") from None
         out.append(row)
@@ -169,7 +197,7 @@ def read_best_of_n(path) -> list[dict]:
 
 
 def best_of_n(rows: list[dict], path) -> Path | None:
-    """Score (and reward, right axis) against n, with CI bands where given."""
+    """Score (left axis, solid) and reward (right axis, dashed) against n, with CI bands where given."""
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -177,21 +205,29 @@ def best_of_n(rows: list[dict], path) -> Path | None:
     series = defaultdict(list)
     for r in rows:
         series[r["model"]].append(r)
-    for model, rs in sorted(series.items()):
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (model, rs) in enumerate(sorted(series.items())):
+        color = colors[k % len(colors)]
         rs.sort(key=lambda r: r["n"])
         n = [r["n"] for r in rs]
-        s = [r["score"] for r in rs]
-        line, = ax.plot(n, s, marker="o", label=f"{model}: score")
-        if all("score_lower" in r and "score_upper" in r for r in rs):
-            ax.fill_between(n, [r["score_lower"] for r in rs], [r["score_upper"] for r in rs],
-                            color=line.get_color(), alpha=0.2)
-        if all("reward" in r for r in rs):
-            ax2 = ax2 or ax.twinx()
-            ax2.plot(n, [r["reward"] for r in rs], linestyle="--", color=line.get_color(), label=f"{model}: reward")
-            ax2.set_ylabel("mean reward of the chosen sample (dashed)")
+        for key, axis_name in (("score", "left"), ("reward", "right")):
+            if not all(key in r for r in rs):
+                continue
+            if axis_name == "left":
+                target = ax
+            else:
+                ax2 = ax2 or ax.twinx()
+                target = ax2
+            style = "-" if key == "score" else "--"
+            target.plot(n, [r[key] for r in rs], style, marker="o", color=color, label=f"{model}: {key}")
+            if all(f"{key}_lower" in r and f"{key}_upper" in r for r in rs):
+                target.fill_between(n, [r[f"{key}_lower"] for r in rs], [r[f"{key}_upper"] for r in rs],
+                                    color=color, alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("n (candidates per prompt)")
-    ax.set_ylabel("score (95% CI band)")
+    ax.set_ylabel("score of the chosen sample (solid, 95% CI)")
+    if ax2:
+        ax2.set_ylabel("reward of the chosen sample (dashed, 95% CI)")
     ax.set_title("Best-of-n")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
+import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -82,8 +85,10 @@ def read_published(spec: str) -> tuple[str, dict[str, float]]:
         return task, {r["model"]: float(r["score"]) for r in reader if r["score"] not in ("", None)}
 
 
-def _best_of_n_rows(run_dirs, best_of_n_file) -> list[dict]:
-    files = [Path(best_of_n_file)] if best_of_n_file else []
+def _best_of_n_rows(run_dirs, best_of_n_files) -> list[dict]:
+    if isinstance(best_of_n_files, (str, Path)):
+        best_of_n_files = [best_of_n_files]
+    files = [Path(f) for f in best_of_n_files or []]
     for d in run_dirs:
         files += [Path(d) / f for f in BEST_OF_N_FILES if (Path(d) / f).exists()]
     rows = []
@@ -107,6 +112,7 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
     board = leaderboard.build(merged, B=B, seed=seed)
     sig = significance.compare(merged.samples, baseline=baseline, pairs=pairs, B=B, seed=seed)
     reliability = judge_reliability(merged.samples)
+    extra = {"judge_reliability": reliability, "rank_correlation_with_published": {}}
     bon = _best_of_n_rows(run_dirs, best_of_n_file)
     correlations = {}
     for spec in published or []:
@@ -114,12 +120,28 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
         ours = {r["model"]: r["cells"][task]["value"] for r in board["rows"]
                 if task in r["cells"] and r["cells"][task]["value"] is not None}
         correlations[task] = stats.rank_correlation(ours, pub, seed=seed)
+    extra["rank_correlation_with_published"] = correlations
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # build in a sibling temp folder and move into place at the end: a failure leaves nothing half-written
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        _write_outputs(out, board, sig, extra, merged, bon, title, max_instances)
+        final.mkdir(exist_ok=True)
+        for item in sorted(out.iterdir()):
+            target = final / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return final / "report.html"
+
+
+def _write_outputs(out: Path, board, sig, extra, merged, bon, title, max_instances) -> None:
     leaderboard.write(board, out)
     significance.write(sig, out)
-    extra = {"judge_reliability": reliability, "rank_correlation_with_published": correlations}
     (out / "reliability.json").write_text(
         json.dumps(significance._json_safe(extra), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -144,13 +166,11 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
             figs[f"{task}: significance matrix"] = p
 
     sections = {}
-    if reliability or correlations:
+    if extra["judge_reliability"] or extra["rank_correlation_with_published"]:
         sections["Judge reliability and rank correlation"] = html_report.json_block(significance._json_safe(extra))
     page = html_report.render(board, sig, figs, merged.samples, title=title, extra_sections=sections,
                               max_instances=max_instances)
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    (out / "report.html").write_text(page, encoding="utf-8")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,9 +181,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-pairs", action="store_true", help="compare all pairs of models instead of vs a baseline")
     p.add_argument("--bootstrap", type=int, default=stats.DEFAULT_B, metavar="B", help="bootstrap rounds (10000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--best-of-n", default=None, metavar="FILE",
-                   help="best-of-n table (CSV/JSON/JSONL: n, score[, model, reward, score_lower, score_upper]); "
-                        "best_of_n.* files inside run directories are read too")
+    p.add_argument("--best-of-n", action="append", default=[], metavar="FILE",
+                   help="best-of-n curve (CSV/JSON/JSONL rows: n, score and/or reward, optional model and "
+                        "*_lower/*_upper; or reports.bestofn's analysis JSON); repeatable; "
+                        "best_of_n.{csv,jsonl,json} inside run directories are read too")
     p.add_argument("--published", action="append", default=[], metavar="TASK=FILE",
                    help="published leaderboard (CSV model,score or JSON) for Spearman/Kendall; repeatable")
     p.add_argument("--max-instances", type=int, default=200, help="instances per benchmark in the drill-down")

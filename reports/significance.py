@@ -61,6 +61,8 @@ def compare(samples_by_task: dict[str, list[dict]], baseline: str | None = None,
             B: int = stats.DEFAULT_B, seed: int = 0, alpha: float = stats.ALPHA,
             zero_method: str = "wilcox", ties_mode: str = "exclude") -> dict:
     """Run all comparisons; returns {"settings", "comparisons": [flat dict per comparison]}."""
+    if pairs not in ("baseline", "all"):
+        raise ValueError(f"pairs must be 'baseline' or 'all', got {pairs!r}")
     tables = {task: score_table(rows) for task, rows in samples_by_task.items()}
     notes = []
     chosen = None
@@ -68,7 +70,7 @@ def compare(samples_by_task: dict[str, list[dict]], baseline: str | None = None,
         chosen = choose_baseline(tables, baseline)
         if baseline is None:
             notes.append(f"baseline {chosen!r} chosen as the first model by name (pass --baseline to choose)")
-    rows = []
+    rows, pending = [], []  # pending: (row, a, b) waiting for the tests
     for task in samples_by_task:
         table = tables[task]
         if pairs == "baseline" and chosen not in table:
@@ -77,27 +79,38 @@ def compare(samples_by_task: dict[str, list[dict]], baseline: str | None = None,
         for a_name, b_name in comparison_pairs(list(table), chosen, pairs):
             shared = sorted(set(table[a_name]) & set(table[b_name]))
             row = {"task": task, "model": a_name, "reference": b_name, "n": len(shared)}
+            rows.append(row)
             if len(shared) < 2:
                 row["note"] = "fewer than 2 shared scored instances"
-                rows.append(row)
                 continue
             a = np.array([table[a_name][i] for i in shared])
             b = np.array([table[b_name][i] for i in shared])
-            res = stats.compare_paired(a, b, B=B, seed=seed, zero_method=zero_method, ties_mode=ties_mode)
-            row.update({
-                "mean_model": res["mean_a"], "mean_reference": res["mean_b"],
-                "diff": res["bootstrap"]["diff"], "ci_lower": res["bootstrap"]["lower"],
-                "ci_upper": res["bootstrap"]["upper"], "p_bootstrap": res["bootstrap"]["p_value"],
-                "t": res["paired_t"]["t"], "p_t": res["paired_t"]["p_value"],
-                "wilcoxon_statistic": res["wilcoxon"]["statistic"], "p_wilcoxon": res["wilcoxon"]["p_value"],
-                "wins": res["sign_test"]["wins"], "losses": res["sign_test"]["losses"],
-                "ties": res["sign_test"]["ties"], "p_sign": res["sign_test"]["p_value"],
-                "p_permutation": res["permutation"]["p_value"],
-                "p_mcnemar": res["mcnemar"]["p_value"] if "mcnemar" in res else None,
-                "cohens_dz": res["effect"]["cohens_dz"], "rank_biserial": res["effect"]["rank_biserial"],
-                "mdd": res["mdd"],
-            })
-            rows.append(row)
+            pending.append((row, a, b))
+    # resampling tests for all comparisons with the same n run as one matrix product each
+    by_n: dict[int, list[int]] = defaultdict(list)
+    for k, (_, a, _b) in enumerate(pending):
+        by_n[a.size].append(k)
+    boot, perm = {}, {}
+    for n, ks in by_n.items():
+        diffs = np.stack([pending[k][1] - pending[k][2] for k in ks], axis=1)
+        boot.update(zip(ks, stats.paired_bootstrap_columns(diffs, B, seed)))
+        perm.update(zip(ks, stats.permutation_test_columns(diffs, B, seed)))
+    for k, (row, a, b) in enumerate(pending):
+        res = stats.compare_paired(a, b, B=B, seed=seed, zero_method=zero_method, ties_mode=ties_mode,
+                                   bootstrap=boot[k], permutation=perm[k])
+        row.update({
+            "mean_model": res["mean_a"], "mean_reference": res["mean_b"],
+            "diff": res["bootstrap"]["diff"], "ci_lower": res["bootstrap"]["lower"],
+            "ci_upper": res["bootstrap"]["upper"], "p_bootstrap": res["bootstrap"]["p_value"],
+            "t": res["paired_t"]["t"], "p_t": res["paired_t"]["p_value"],
+            "wilcoxon_statistic": res["wilcoxon"]["statistic"], "p_wilcoxon": res["wilcoxon"]["p_value"],
+            "wins": res["sign_test"]["wins"], "losses": res["sign_test"]["losses"],
+            "ties": res["sign_test"]["ties"], "p_sign": res["sign_test"]["p_value"],
+            "p_permutation": res["permutation"]["p_value"],
+            "p_mcnemar": res["mcnemar"]["p_value"] if "mcnemar" in res else None,
+            "cohens_dz": res["effect"]["cohens_dz"], "rank_biserial": res["effect"]["rank_biserial"],
+            "mdd": res["mdd"],
+        })
     for col in P_COLUMNS:
         p = np.array([r.get(col) if r.get(col) is not None else np.nan for r in rows], dtype=float)
         adjusted = stats.holm(p)
@@ -109,6 +122,8 @@ def compare(samples_by_task: dict[str, list[dict]], baseline: str | None = None,
     settings = {
         "pairs": pairs, "baseline": chosen, "bootstrap_rounds": B, "seed": seed, "alpha": alpha,
         "ci": "95% percentile paired bootstrap over shared instances",
+        "resampling_unit": "instance (question): clustered by question, unlike Arena-Hard v0.1's official "
+                           "bootstrap over battle rows; the official CIs are in the leaderboard, labelled official",
         "p_bootstrap": "two-sided: 2*min(P*(diff<=0), P*(diff>=0)), (count+1)/(B+1)",
         "wilcoxon_zero_method": zero_method, "sign_test_ties": ties_mode,
         "mcnemar": "only when both models' scores are 0/1; exact when discordant < 25",

@@ -117,15 +117,23 @@ def bootstrap_mean_cis(columns, B: int = DEFAULT_B, seed: int = 0, level: float 
              "n": int(x.shape[0]), "B": B} for k in range(x.shape[1])]
 
 
+def paired_bootstrap_columns(diffs, B: int = DEFAULT_B, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """``paired_bootstrap`` for each column of an (n, k) matrix of paired differences, in one
+    matrix product (identical numbers to calling it per column)."""
+    d = np.asarray(diffs, dtype=float)
+    boot = bootstrap_means(d, B, seed)
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    n_le, n_ge = (boot <= 0).sum(axis=0), (boot >= 0).sum(axis=0)
+    mean = d.mean(axis=0)
+    return [{"diff": float(mean[k]), "lower": float(lo[k]), "upper": float(hi[k]),
+             "p_value": _two_sided_from_counts(int(n_le[k]), int(n_ge[k]), B),
+             "B": B, "seed": seed, "level": level, "n": int(d.shape[0])} for k in range(d.shape[1])]
+
+
 def paired_bootstrap(a, b, B: int = DEFAULT_B, seed: int = 0, level: float = 0.95) -> dict:
     """Paired bootstrap of mean(a - b): percentile CI and two-sided p-value (see module doc)."""
     a, b = _pair(a, b)
-    d = a - b
-    boot = bootstrap_means(d, B, seed)
-    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
-    p = _two_sided_from_counts(int((boot <= 0).sum()), int((boot >= 0).sum()), B)
-    return {"diff": float(d.mean()), "lower": float(lo), "upper": float(hi), "p_value": p,
-            "B": B, "seed": seed, "level": level, "n": int(d.size)}
+    return paired_bootstrap_columns((a - b)[:, None], B, seed, level)[0]
 
 
 # ----------------------------------------------------------------------------- classic paired tests
@@ -223,6 +231,22 @@ def _sign_matrix(n: int, B: int, seed: int) -> tuple[np.ndarray, bool]:
     return signs, exact
 
 
+def permutation_test_columns(diffs, B: int = DEFAULT_B, seed: int = 0) -> list[dict]:
+    """``permutation_test`` for each column of an (n, k) matrix of paired differences."""
+    d = np.asarray(diffs, dtype=float)
+    n = d.shape[0]
+    signs, exact = _sign_matrix(n, B, seed)
+    null = signs @ d / n
+    observed = d.mean(axis=0)
+    # scipy compares with a relative tolerance so floating-point ties count as ties
+    tol = np.abs(observed) * 1e-14
+    n_le = (null <= observed + tol).sum(axis=0)
+    n_ge = (null >= observed - tol).sum(axis=0)
+    return [{"statistic": float(observed[k]),
+             "p_value": _two_sided_from_counts(int(n_le[k]), int(n_ge[k]), null.shape[0], plus_one=not exact),
+             "exact": exact, "n_resamples": int(null.shape[0]), "seed": seed} for k in range(d.shape[1])]
+
+
 def permutation_test(a, b, B: int = DEFAULT_B, seed: int = 0) -> dict:
     """Paired permutation test of mean(a - b): each resample swaps a[i] and b[i] at random.
 
@@ -232,18 +256,7 @@ def permutation_test(a, b, B: int = DEFAULT_B, seed: int = 0) -> dict:
     swaps are a sign matrix times the differences, so 10,000 resamples are one product.
     """
     a, b = _pair(a, b)
-    d = a - b
-    n = d.size
-    signs, exact = _sign_matrix(n, B, seed)
-    null = signs @ d / n
-    observed = d.mean()
-    # scipy compares with a relative tolerance so floating-point ties count as ties
-    tol = abs(observed) * 1e-14 if observed else 0.0
-    n_le = int((null <= observed + tol).sum())
-    n_ge = int((null >= observed - tol).sum())
-    p = _two_sided_from_counts(n_le, n_ge, null.size, plus_one=not exact)
-    return {"statistic": float(observed), "p_value": p, "exact": exact,
-            "n_resamples": int(null.size), "seed": seed}
+    return permutation_test_columns((a - b)[:, None], B, seed)[0]
 
 
 def permutation_test_scipy(a, b, B: int = DEFAULT_B, seed: int = 0) -> dict:
@@ -298,30 +311,36 @@ def minimum_detectable_difference(sd_diff: float, n: int, alpha: float = ALPHA, 
 
     Solved with statsmodels' TTestPower for the standardised effect, times the SD of the
     differences."""
-    from statsmodels.stats.power import TTestPower
-
     if n < 2 or not np.isfinite(sd_diff):
         return float("nan")
     if sd_diff == 0:
         return 0.0
-    dz = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power,
-                                  alternative="two-sided")
-    return float(dz * sd_diff)
+    return float(_detectable_dz(int(n), alpha, power) * sd_diff)
+
+
+@functools.lru_cache(maxsize=256)
+def _detectable_dz(n: int, alpha: float, power: float) -> float:
+    from statsmodels.stats.power import TTestPower
+
+    return float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power,
+                                          alternative="two-sided"))
 
 
 def compare_paired(a, b, B: int = DEFAULT_B, seed: int = 0, zero_method: str = "wilcox",
-                   ties_mode: str = "exclude") -> dict:
-    """Every test and effect size for one paired comparison (a minus b)."""
+                   ties_mode: str = "exclude", bootstrap: dict | None = None, permutation: dict | None = None) -> dict:
+    """Every test and effect size for one paired comparison (a minus b).
+
+    ``bootstrap``/``permutation``: results already computed in a batch (``*_columns``)."""
     a, b = _pair(a, b)
     d = a - b
     w, l, t = win_loss_tie(a, b)
     out = {
         "n": int(d.size), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
-        "bootstrap": paired_bootstrap(a, b, B, seed),
+        "bootstrap": bootstrap or paired_bootstrap(a, b, B, seed),
         "paired_t": paired_t(a, b),
         "wilcoxon": wilcoxon(a, b, zero_method),
         "sign_test": sign_test(w, l, t, ties_mode),
-        "permutation": permutation_test(a, b, B, seed),
+        "permutation": permutation or permutation_test(a, b, B, seed),
         "effect": {"mean_diff": float(d.mean()), "cohens_dz": cohens_dz(a, b),
                    "rank_biserial": rank_biserial(a, b)},
         "mdd": minimum_detectable_difference(float(d.std(ddof=1)) if d.size > 1 else float("nan"), d.size),

@@ -6,8 +6,10 @@ File leaderboard: ``harness leaderboard alpaca_eval --annotations DIR_OR_FILE [.
 ``annotations.json`` files and prints win_rate, standard_error, n_wins, n_wins_base, n_draws,
 n_total, discrete_win_rate, avg_length and length_controlled_winrate where computable:
 * ``--df-gamed PATH|pinned``: full LC fit (the official GLM; needs ``df_gamed.csv``);
-* ``--instruction-difficulty PATH|pinned``: LC predicted from the published per-model GLM weights
-  (``lc_glm_weights/baseline_gpt4_1106_preview.csv``) for models listed there.
+* ``--instruction-difficulty PATH|pinned|reconstructed``: LC predicted from the published per-model GLM
+  weights (``lc_glm_weights/baseline_gpt4_1106_preview.csv``) for models listed there;
+  ``reconstructed`` derives d_k from staged files (arena-hard-auto's stored GLM predictions inverted
+  with those weights) and says so in a note.
 ``pinned`` downloads the file from the HF dataset ``tatsu-lab/alpaca_eval`` at a pinned revision and
 checks its sha256. There is never a silent fallback: a missing file is an error naming it.
 """
@@ -18,7 +20,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,28 @@ def read_df_gamed(path: Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: df_gamed.csv lacks column(s) {missing}")
     return df
+
+
+GLM_PREDICTIONS_FILE = "ah_alpaca_2.0_lc_results.jsonl"
+
+
+def reconstruct_difficulty_from(path: Path, weights: pd.DataFrame) -> pd.Series:
+    """d_k from the per-instruction LC GLM predictions stored by arena-hard-auto (``notebook/
+    alpaca_2.0_lc_results.jsonl``, staged in lc_glm_weights/) and the published per-model weights.
+    An honest stand-in for instruction_difficulty.csv: it reproduces the leaderboard's LC prediction
+    to ~1e-10 for most models (see ``reports.alpaca_eval_metrics.reconstruct_difficulty``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: stored GLM predictions not found (needed for 'reconstructed')")
+    preds = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if "model" not in r or "length_controlled_winrate" not in r:
+                raise ValueError(f"{path}: line {n} lacks field 'model' or 'length_controlled_winrate'")
+            preds[r["model"]] = r["length_controlled_winrate"]
+    return M.reconstruct_difficulty(preds, weights)["instruction_difficulty"]
 
 
 def read_reference(path: Path) -> list[dict]:
@@ -338,7 +361,8 @@ class AlpacaEval(Task):
         parser.add_argument("--df-gamed", default=None,
                             help="df_gamed.csv path, or 'pinned' to download it: full LC GLM fit per model")
         parser.add_argument("--instruction-difficulty", default=None,
-                            help="instruction_difficulty.csv path, or 'pinned': LC predicted from published weights")
+                            help="instruction_difficulty.csv path, 'pinned' (download), or 'reconstructed' "
+                                 "(derived from staged files): LC predicted from published weights")
         parser.add_argument("--glm-weights", default=None,
                             help="per-model GLM weights CSV (default: the staged lc_glm_weights file)")
         parser.add_argument("--reference-outputs", default=None,
@@ -357,16 +381,20 @@ class AlpacaEval(Task):
     def leaderboard_table(cls, args) -> tuple[pd.DataFrame, list[str]]:
         data = resolve_data_dir(getattr(args, "data_dir", None)) / "alpaca_eval_2"
         df_gamed_path = resolve_lc_file(getattr(args, "df_gamed", None), "df_gamed.csv")
-        diff_path = resolve_lc_file(getattr(args, "instruction_difficulty", None), "instruction_difficulty.csv")
+        diff_option = getattr(args, "instruction_difficulty", None)
+        reconstructed = diff_option == "reconstructed"
+        diff_path = None if reconstructed else resolve_lc_file(diff_option, "instruction_difficulty.csv")
         df_gamed = read_df_gamed(df_gamed_path) if df_gamed_path else None
-        difficulty = read_difficulty(diff_path) if diff_path else None
         weights = None
-        if difficulty is not None:
+        if diff_option:
             wpath = Path(getattr(args, "glm_weights", None) or
                          data / "lc_glm_weights" / "baseline_gpt4_1106_preview.csv")
             if not wpath.is_file():
                 raise FileNotFoundError(f"{wpath}: GLM weights CSV not found (--glm-weights)")
             weights = read_weights(wpath)
+        difficulty = read_difficulty(diff_path) if diff_path else None
+        if reconstructed:
+            difficulty = reconstruct_difficulty_from(data / "lc_glm_weights" / GLM_PREDICTIONS_FILE, weights)
         canonical = None
         if df_gamed is not None:
             ref = Path(getattr(args, "reference_outputs", None) or
@@ -387,6 +415,9 @@ class AlpacaEval(Task):
         table = table[cols]
         key = table["length_controlled_winrate"].fillna(table["win_rate"])
         table = table.loc[key.sort_values(ascending=False, kind="stable").index]
+        if reconstructed:
+            notes.append("LC predicted with instruction difficulty reconstructed from arena-hard-auto's stored GLM "
+                         "predictions (not the official instruction_difficulty.csv)")
         if diff_path is not None and diff_path.is_file():
             digest = sha256_of(diff_path)
             if digest != PINNED_SHA256["instruction_difficulty.csv"]:

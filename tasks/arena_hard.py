@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -230,13 +229,21 @@ class ArenaHard(Task):
             return {}
         rounds = int(self.options.get("rounds", 100))
         clustered = int(self.options.get("clustered_rounds", 1000))
-        table, notes = score_table(rows, self.baseline, rounds, clustered_rounds=clustered)
-        for n in notes:
-            print(f"note: {n}", file=sys.stderr)
         tokens: dict[str, list[int]] = {}
         for c in completions:
             tokens.setdefault(c.model, []).append(c.completion_tokens)
         out = {}
+        if AH.battles_from_judgments(rows, baseline=self.baseline).empty:
+            # no parsable verdict at all (e.g. a small local judge): nothing to score, say so
+            print("note: arena_hard: no parsable verdict in any game; no scores", file=sys.stderr)
+            for m in dict.fromkeys(r["model"] for r in rows):
+                toks = tokens.get(m, [])
+                out[m] = {"score": None, "n_parse_failures": failures.get(m, 0),
+                          "avg_tokens": int(sum(toks) / len(toks)) if toks else 0}
+            return out
+        table, notes = score_table(rows, self.baseline, rounds, clustered_rounds=clustered)
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
         for r in table.to_dict("records"):
             m = r.pop("model")
             if m == self.baseline:
@@ -250,6 +257,9 @@ class ArenaHard(Task):
             toks = tokens.get(m, [])
             r["avg_tokens"] = int(sum(toks) / len(toks)) if toks else 0
             out[m] = r
+        for m in dict.fromkeys(r["model"] for r in rows):  # judged, but no parsable verdict (noted above)
+            if m not in out:
+                out[m] = {"score": None, "n_parse_failures": failures.get(m, 0)}
         return out
 
     def per_sample(self, instances, completions, judgments, scores) -> list[dict]:

@@ -190,6 +190,7 @@ def _synthetic_df_gamed(data_dir, difficulty: pd.Series) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # sklearn deprecations inside alpaca_eval's own fit
 def test_full_lc_fit_agrees_with_alpaca_eval(data_dir, difficulty_csv, tmp_path, monkeypatch):
     glm, _, _ = _alpaca_eval_or_skip()
     d = read_difficulty(difficulty_csv)
@@ -349,3 +350,12 @@ def test_pipeline_end_to_end_with_scripted_backends(data_dir, tmp_path):
     samples = [json.loads(l) for l in (tmp_path / "run" / "samples" / "alpaca_eval.jsonl").read_text().splitlines()]
     scores = [s["score"] for s in samples if s["score"] is not None]
     assert res["win_rate"] == pytest.approx(100 * np.mean(scores))
+
+
+def test_reconstructed_difficulty_option_predicts_published_lc(data_dir, published):
+    table, notes = AlpacaEval.leaderboard_table(args_for(
+        "--annotations", str(data_dir / ANN), "--instruction-difficulty", "reconstructed"))
+    assert (table["lc_source"].isin(["predicted", "baseline"])).all()
+    diff = (table["length_controlled_winrate"] - published.loc[table.index, "length_controlled_winrate"]).abs()
+    assert diff.max() < 0.02
+    assert any("reconstructed" in n for n in notes)

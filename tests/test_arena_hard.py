@@ -194,11 +194,11 @@ def test_verdict_parsing_semantics():
     assert get_score("[[A>B]] but then [[B>A]]", pat) == (None, False)  # ambiguous: no retry
     assert get_score("no label", pat) == (None, True)  # the official code asks to continue
     judge = ArenaHardJudge()
-    call = judge.calls.__func__  # noqa: F841 - parse needs only the config's regex
     p = judge.parse("My final verdict is [[A<B]]", None)
     assert not p.ok and p.value == "A<B"
     assert judge.parse("final: [[A=B]]", None).value == "A=B"
-    follow = judge.followup(__import__("judges.base", fromlist=["JudgeCall"]).JudgeCall("game1", [{"role": "user", "content": "q"}]), "thinking")
+    from judges.base import JudgeCall
+    follow = judge.followup(JudgeCall("game1", [{"role": "user", "content": "q"}]), "thinking")
     assert follow.messages[-1]["content"].startswith("continue your judgment")
     assert ArenaHardJudge.joined(["a", "b"]) == "\na\nb"
 

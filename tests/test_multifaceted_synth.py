@@ -44,9 +44,10 @@ class ScriptedGenerator(Backend):
         super().__init__(model, **options)
         self.always_bad, self.bad_first, self.crash_on = set(always_bad), set(bad_first), crash_on
         self.calls = Counter()
+        self.prefilled = Counter()
 
     def _text(self, stage, req) -> str:
-        user = req.messages[-1]["content"]
+        user = [m for m in req.messages if m["role"] == "user"][-1]["content"]
         if stage == "preference_set":
             if any(b in user for b in self.always_bad) or (req.attempt == 0 and any(b in user for b in self.bad_first)):
                 return "Sure! Here are some preferences: style is nice."  # no JSON
@@ -68,7 +69,14 @@ class ScriptedGenerator(Backend):
             if stage == self.crash_on:
                 raise Killed()
             self.calls[stage] += 1
-            out.append(GenResult(text=self._text(stage, r), finish_reason="stop"))
+            text = self._text(stage, r)
+            if r.continue_final_message:  # a prefilled answer: return only the continuation
+                prefix = r.messages[-1]["content"]
+                text = text.removeprefix("```json\n").removesuffix("\n```")
+                assert r.messages[-1]["role"] == "assistant" and text.startswith(prefix)
+                self.prefilled[stage] += 1
+                text = text[len(prefix):]
+            out.append(GenResult(text=text, finish_reason="stop"))
         return out
 
 
@@ -77,11 +85,11 @@ def instructions(data_dir):
     return sample_instructions(build_pool(data_dir), TARGETS, seed=3)
 
 
-def _build(tmp_path, backend, instances, cache="cache.sqlite"):
+def _build(tmp_path, backend, instances, cache="cache.sqlite", **settings):
     store = StageStore(tmp_path / "run")
     calls = CallLayer(tmp_path / cache, CallSettings(concurrency=4, parse_retries=2, max_retries=0))
     try:
-        builder = BenchBuilder(store, calls, backend, BuildSettings(max_tokens=256))
+        builder = BenchBuilder(store, calls, backend, BuildSettings(max_tokens=256, **settings))
         summary = asyncio.run(builder.run(instances))
         records, failures = builder.assemble(instances)
         return summary, records, failures, store
@@ -152,8 +160,33 @@ def test_build_from_config_end_to_end(tmp_path, data_dir):
         build_from_config(str(bad), str(tmp_path / "out2"))
 
 
+def test_prefill_starts_json_answers(tmp_path, instructions):
+    gen = ScriptedGenerator()
+    _, records, failures, store = _build(tmp_path, gen, instructions, prefill=True)
+    assert failures == [] and len(records) == 5
+    assert gen.prefilled == Counter({"preference_set": 5, "rubric": 20})
+    store.close()
+    # prefill is part of the stage config: a build without it does not reuse these records
+    plain = ScriptedGenerator()
+    _build(tmp_path, plain, instructions, cache="plain.sqlite")[3].close()
+    assert plain.calls["preference_set"] == 5 and plain.prefilled == Counter()
+
+
 def test_extract_json_skips_chatter():
     assert extract_json('Here: {"a": [1, 2]} and more {"b": 1}') == {"a": [1, 2]}
     assert extract_json("[note] ```json\n[1, 2]\n```") == [1, 2]
     with pytest.raises(ValueError):
         extract_json("no json here")
+
+
+def test_demo_config_is_valid(data_dir):
+    from pathlib import Path
+
+    from tasks.multifaceted.sources import SOURCES
+    from tasks.multifaceted.synth import load_build_config
+
+    cfg = load_build_config(Path(__file__).resolve().parents[1] / "configs" / "multifaceted_build_demo.yaml")
+    assert set(cfg["targets"]) == set(SOURCES) and sum(cfg["targets"].values()) == 20
+    BuildSettings(**{**cfg["generator"]["generation"], **cfg["build"]})
+    picked = sample_instructions(build_pool(data_dir), cfg["targets"], seed=cfg["seed"])
+    assert len(picked) == 20 and {i.source for i in picked} == set(SOURCES)

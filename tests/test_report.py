@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -312,6 +313,27 @@ def test_cli_subcommand(tmp_path, capsys):
     assert sig["settings"]["pairs"] == "all" and sig["settings"]["bootstrap_rounds"] == 500
     assert len(sig["comparisons"]) == 2 * 3  # two benchmarks x three pairs of three models
     assert str(tmp_path / "cli" / "report.html") in capsys.readouterr().out
-    bad = subprocess.run(["python", "-m", "reports.report", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+    bad = subprocess.run([sys.executable, "-m", "reports.report", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert bad.returncode == 2 and "run directory does not exist" in bad.stderr
+
+
+def test_best_of_n_reader_accepts_bestofn_analysis_files(tmp_path):
+    from reports import plots
+
+    csv_path = tmp_path / "bon_curve.csv"
+    csv_path.write_text("n,n_prompts,reward_mean,reward_lower,reward_upper,score_mean,score_lower,score_upper\n"
+                        "1,50,0.1,0.0,0.2,3.0,2.9,3.1\n4,50,0.5,0.4,0.6,3.4,3.3,3.5\n")
+    rows = plots.read_best_of_n(csv_path)
+    assert rows[1] == {"model": "bon_curve", "n": 4, "score": 3.4, "reward": 0.5, "score_lower": 3.3,
+                       "score_upper": 3.5, "reward_lower": 0.4, "reward_upper": 0.6}
+    json_path = tmp_path / "bon.json"
+    json_path.write_text(json.dumps({"meta": {"model": "janus-rm"}, "curve": [
+        {"n": 1, "reward_mean": 0.2, "reward_lower": 0.1, "reward_upper": 0.3},
+        {"n": 2, "reward_mean": 0.4, "reward_lower": 0.3, "reward_upper": 0.5}]}))
+    rows = plots.read_best_of_n(json_path)
+    assert [r["model"] for r in rows] == ["janus-rm"] * 2 and "score" not in rows[0]
+    assert plots.best_of_n(rows, tmp_path / "bon.png").stat().st_size > 0
+    (tmp_path / "bad.csv").write_text("n,x\n1,2\n")
+    with pytest.raises(ValueError, match=r"bad.csv: row 1: missing field 'score'"):
+        plots.read_best_of_n(tmp_path / "bad.csv")

@@ -238,3 +238,14 @@ def test_batched_mean_cis_equal_single_column_ones():
         single = stats.bootstrap_mean_ci(x[:, k], B=1500, seed=4)
         for f in ("mean", "lower", "upper", "se", "n"):
             assert batched[k][f] == pytest.approx(single[f], rel=1e-12)
+
+
+def test_batched_resampling_tests_equal_single_ones():
+    a, b = _paired(70, seed=30)
+    c, d = _paired(70, shift=-0.1, seed=31)
+    diffs = np.stack([a - b, c - d], axis=1)
+    boots = stats.paired_bootstrap_columns(diffs, B=3000, seed=2)
+    perms = stats.permutation_test_columns(diffs, B=3000, seed=2)
+    for k, (x, y) in enumerate(((a, b), (c, d))):
+        assert boots[k] == pytest.approx(stats.paired_bootstrap(x, y, B=3000, seed=2))
+        assert perms[k] == pytest.approx(stats.permutation_test(x, y, B=3000, seed=2))

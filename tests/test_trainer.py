@@ -142,6 +142,13 @@ def test_malformed_files_get_one_clear_error(tmp_path):
         prepare(DataConfig(path=str(truncated)), "sft")
     with pytest.raises(DataError, match="not found"):
         prepare(DataConfig(path=str(tmp_path / "nope.jsonl")), "sft")
+    build = tmp_path / "collection_build"  # the collection builder's folder holds sft, preference and failures
+    build.mkdir()
+    _write_jsonl(build / "multifaceted_collection_sft.jsonl", [{"system": SYSTEM, "instruction": "x", "output": "y"}])
+    _write_jsonl(build / "collection_failures.jsonl", [{"id": "1", "error": "bad json"}])
+    with pytest.raises(DataError, match="pass the file itself"):
+        prepare(DataConfig(path=str(build)), "sft")
+    assert prepare(DataConfig(path=str(build / "multifaceted_collection_sft.jsonl")), "sft").report.train_rows == 1
     all_bad = _write_jsonl(tmp_path / "b.jsonl", [{"system": "", "instruction": "x", "output": "y"}])
     with pytest.raises(DataError, match="no usable training rows"):
         prepare(DataConfig(path=all_bad), "sft")
@@ -188,6 +195,29 @@ def test_policy_methods_train_reload_and_generate(method, tiny_model_dir, sft_fi
                                                         {"role": "user", "content": "What is 2+2?"}],
                                               max_tokens=6)])
     assert res.error is None and res.completion_tokens > 0
+    if method == "sft":
+        # an independent forward pass agrees: the response loss on the training rows went down
+        from trainer.data import DataConfig as DC
+        from trainer.evaluate import response_loss
+
+        rows = prepare(DC(path=data), "sft").train
+        before = response_loss(str(tiny_model_dir), rows, "tokenizer")["loss"]
+        after = response_loss(str(out), rows, "tokenizer")["loss"]
+        assert after < before
+
+
+def test_heldout_rows_rebuild_the_training_split(tiny_model_dir, sft_file, tmp_path):
+    import yaml
+
+    from trainer.config import load_config
+    from trainer.evaluate import heldout_rows
+    from trainer.sft import build_trainer
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**_config(tiny_model_dir, tmp_path / "o", sft_file), "method": "sft"}))
+    rows, fmt, max_length = heldout_rows(str(path))
+    _, _, data = build_trainer(load_config(path))
+    assert rows == data.eval and len(rows) >= 1 and (fmt, max_length) == ("tokenizer", 512)
 
 
 def test_lora_sft_is_merged_into_a_plain_checkpoint(tiny_model_dir, sft_file, tmp_path):

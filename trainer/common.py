@@ -33,6 +33,16 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
+def quiet_progress() -> None:
+    """One line per logged step is enough; per-map progress bars only bury the data report."""
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def torch_dtype(name: str):
     import torch
 
@@ -52,11 +62,13 @@ def check_model_path(model: str) -> None:
 def load_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
+    quiet_progress()
     check_model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token is None:
-        # Mistral/Llama ship no pad token; padding is masked out, so EOS is a safe stand-in
-        tok.pad_token = tok.eos_token
+        # Mistral/Llama ship no pad token. Prefer UNK: a reward head reads the last non-pad token, and with
+        # pad == EOS it would skip the EOS the text ends on. Padding is masked out either way.
+        tok.pad_token = tok.unk_token if tok.unk_token and tok.unk_token != tok.eos_token else tok.eos_token
     tok.padding_side = "right"
     if cfg.chat_template:
         tok.chat_template = NAMED_CHAT_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
@@ -108,17 +120,31 @@ def loss_history(trainer, key: str = "loss") -> list[float]:
     return [float(e[key]) for e in trainer.state.log_history if key in e]
 
 
-def _unwrap_for_save(model, merge: bool):
-    """LoRA: merge the adapter so the checkpoint is a plain model the harness loads directly."""
+def _is_peft(model) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover
-        return model, False
-    if isinstance(model, PeftModel):
-        if merge:
-            return model.merge_and_unload(), False
-        return model, True
-    return model, False
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merge_adapter(out: Path, cfg: TrainConfig, method: str) -> None:
+    """Fold a saved LoRA adapter into its base model, so the checkpoint is a plain model the harness loads.
+
+    Done from the saved files on one process (not from the live, possibly sharded, training model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if method == "rm":
+        base = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=1, dtype=torch_dtype(cfg.dtype),
+                                                                  trust_remote_code=cfg.trust_remote_code)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch_dtype(cfg.dtype),
+                                                    trust_remote_code=cfg.trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
+    for name in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
+        (out / name).unlink(missing_ok=True)
+    merged.save_pretrained(out)
 
 
 def run_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str, extra: dict | None = None,
@@ -130,18 +156,31 @@ def run_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str
     result = trainer.train()
     seconds = time.time() - started
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model, adapter_only = _unwrap_for_save(trainer.model, cfg.merge_lora)
-    model.save_pretrained(out)
+    # save_model gathers DeepSpeed ZeRO-3 / FSDP shards; with LoRA it writes the adapter only
+    trainer.save_model(str(out))
+    eval_metrics = {}
+    if data.eval and trainer.eval_dataset is not None:
+        eval_metrics = {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
+    if not trainer.is_world_process_zero():
+        return out
+    peft = _is_peft(trainer.model)
+    if peft and cfg.merge_lora:
+        merge_adapter(out, cfg, method)
+    if method == "rm":
+        # the head reads the last non-pad token: the saved config must know the pad id used in training
+        config_path = out / "config.json"
+        config = json.loads(config_path.read_text())
+        if config.get("pad_token_id") is None:
+            config["pad_token_id"] = tok.pad_token_id
+            config_path.write_text(json.dumps(config, indent=2))
     if cfg.format == JANUS and save_tokenizer_template:
         # the checkpoint carries the format it was trained on, so apply_chat_template reproduces it
         tok.chat_template = janus_chat_template_for(tok)
     tok.save_pretrained(out)
+    # the card records the arguments as JSON; keep the checkpoint free of pickles
+    (out / "training_args.bin").unlink(missing_ok=True)
     (out / "data_report.json").write_text(json.dumps(data.report.to_dict(), indent=2), encoding="utf-8")
     losses = loss_history(trainer)
-    eval_metrics = {}
-    if data.eval and trainer.eval_dataset is not None:
-        eval_metrics = {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
     stats = {
         "global_steps": int(trainer.state.global_step),
         "train_seconds": round(seconds, 2),
@@ -150,7 +189,7 @@ def run_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str
         "final_loss": losses[-1] if losses else None,
         "loss_history": losses,
         "eval": eval_metrics,
-        "adapter_only": adapter_only,
+        "adapter_only": bool(peft and not cfg.merge_lora),
         **(extra or {}),
     }
     write_card(out, cfg, data.report, stats, method)

@@ -158,11 +158,18 @@ def read_rows(path: str, split: str = "train") -> tuple[list[dict], str | None]:
     p = Path(os.path.expanduser(path))
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".jsonl", ".json", ".parquet"))
-        files = [f for f in files if split in f.stem] or files
-        if not files:
-            raise DataError(f"{p}: no .jsonl/.json/.parquet files in this directory")
+        matching = [f for f in files if split in f.stem]
+        if matching:
+            files = matching  # Hub-style shards: train-00000-of-00002.parquet
+        elif len(files) != 1:
+            # e.g. a collection build folder (sft, preference, failures): mixing them would be wrong
+            names = ", ".join(f.name for f in files) or "none"
+            raise DataError(f"{p}: no file named after split '{split}' in this directory (found: {names}); "
+                            "pass the file itself")
     elif p.exists():
         files = [p]
+    elif p.suffix.lower() in (".jsonl", ".json", ".parquet"):
+        raise DataError(f"{path}: data file not found")
     elif "/" in path and not path.startswith((".", "/")) and len(path.split("/")) == 2:
         return _read_hub(path, split), None
     else:

@@ -46,8 +46,8 @@ JANUS_CHAT_TEMPLATE = (
 
 # ChatML, what JANUS's ORPO recipe set on the Mistral base model (axolotl ``chat_template: chatml``).
 CHATML_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 NAMED_CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "janus-mistral": JANUS_CHAT_TEMPLATE}
 

@@ -38,7 +38,8 @@ def build_trainer(cfg: TrainConfig):
     data = prepare_data(cfg, PAIR, fmt)
     # ORPO's beta is the lambda weighting the odds-ratio term (JANUS: orpo_alpha 0.1)
     defaults = {"max_length": cfg.max_length, "beta": 0.1, "learning_rate": 5e-6,
-                "max_prompt_length": cfg.max_prompt_length or cfg.max_length // 2,
+                # rows longer than max_length were already dropped and counted, so nothing gets truncated
+                "max_prompt_length": cfg.max_prompt_length or cfg.max_length,
                 "max_completion_length": cfg.max_length}
     args = trl_args(ORPOConfig, cfg, defaults)
     trainer = ORPOTrainer(

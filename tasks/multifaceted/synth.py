@@ -174,6 +174,12 @@ class Job:
     parse: Callable[[str], Any]
 
 
+# With ``prefill`` the answer of a JSON stage is started for the model (the request continues
+# this assistant text), which helps small local generators produce the right shape.
+JSON_PREFIXES = {"preference_set": '{"preference_set": [{"dimension": "style", "subdimension": "',
+                 "rubric": '{\n    "criteria": "'}
+
+
 @dataclass
 class BuildSettings:
     max_tokens: int = 1024  # JANUS SAMPLING_PARAMS_OPENAI(_RUBRIC_GENERATION)
@@ -182,6 +188,7 @@ class BuildSettings:
     repetition_penalty: float | None = None
     stage_max_tokens: dict = field(default_factory=dict)  # per-stage override, e.g. {"system": 256}
     variant: int = 0  # several system messages per instruction (collection builder): sample_index
+    prefill: bool = False  # start JSON answers for the model (see JSON_PREFIXES)
 
     def for_stage(self, stage: str) -> dict:
         base = stage.rstrip("0123456789")
@@ -198,7 +205,17 @@ class BenchBuilder:
 
     def _hash(self, stage: str, messages: list[dict]) -> str:
         return stable_hash({"messages": messages, "sampling": self.settings.for_stage(stage),
-                            "variant": self.settings.variant, "prompts": P.HARNESS_PROMPTS_VERSION})
+                            "variant": self.settings.variant, "prefix": self._prefix(stage),
+                            "prompts": P.HARNESS_PROMPTS_VERSION})
+
+    def _prefix(self, stage: str) -> str:
+        return JSON_PREFIXES.get(stage.rstrip("0123456789"), "") if self.settings.prefill else ""
+
+    def _request(self, job: Job) -> GenRequest:
+        prefix = self._prefix(job.stage)
+        messages = job.messages + ([{"role": "assistant", "content": prefix}] if prefix else [])
+        return GenRequest(messages=messages, continue_final_message=bool(prefix), sample_index=self.settings.variant,
+                          **self.settings.for_stage(job.stage))
 
     def _key(self, job: Job) -> str:
         return StageRecord(BUILD_TASK, job.instance_id, job.stage, self.backend.model_id,
@@ -214,12 +231,11 @@ class BenchBuilder:
         counts = {"todo": len(todo), "ok": 0, "failed": 0}
         if not todo:
             return counts
-        reqs = [GenRequest(messages=j.messages, sample_index=self.settings.variant, **self.settings.for_stage(j.stage))
-                for j in todo]
+        reqs = [self._request(j) for j in todo]
 
         def parse(res, i) -> Parsed:
             try:
-                return Parsed(todo[i].parse(res.text), True)
+                return Parsed(todo[i].parse(self._prefix(todo[i].stage) + res.text), True)
             except (ValueError, TypeError, KeyError, AttributeError) as e:  # SchemaError is a ValueError
                 return Parsed(None, False, str(e))
 
@@ -230,7 +246,7 @@ class BenchBuilder:
             rec = StageRecord(BUILD_TASK, job.instance_id, job.stage, self.backend.model_id,
                               self._hash(job.stage, job.messages), value=parsed.value if ok else None,
                               raw=res.text if res.error is None else None, status="ok" if ok else "failed",
-                              error=reason, attempts=attempts, prompt=job.messages)
+                              error=reason, attempts=attempts, prompt=reqs[i].messages)
             counts["ok" if ok else "failed"] += 1
             self.store.put(rec)
 
