@@ -253,6 +253,10 @@ class Run:
             scores = self.store.all("score", task=task.name)
             ok_comps = [c for c in comps if c.status == "ok"]
             results[task.name] = task.aggregate(inst, ok_comps, judg, scores)
+            for metrics in results[task.name].values():  # labels the reports read
+                for attr in ("primary_metric", "official_metrics", "lower_is_better"):
+                    if hasattr(task, attr):
+                        metrics.setdefault(attr, getattr(task, attr))
             write_jsonl(self.dir / "samples" / f"{task.name}.jsonl", task.per_sample(inst, ok_comps, judg, scores))
             failures[task.name] = {
                 "generation_errors": sum(c.status != "ok" for c in comps),

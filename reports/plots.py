@@ -137,6 +137,7 @@ def length_vs_score(samples_by_task: dict[str, list[dict]], path) -> Path | None
             ax.scatter(l, s, s=25)
             ax.annotate(m, (l, s), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_title(task)
+        ax.margins(0.15)  # room for the model labels
         ax.set_xlabel("mean response length (chars)")
         ax.set_ylabel("mean score")
         ax.grid(alpha=0.3)

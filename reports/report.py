@@ -199,10 +199,10 @@ def run_from_args(args) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add the `report` subcommand to the harness CLI; it calls ``args.func(args)``."""
+    """Add the `report` subcommand to the harness CLI (harness.cli calls ``args.fn(args)``)."""
     p = subparsers.add_parser("report", help="leaderboard, significance, plots and report.html from run directories")
     add_arguments(p)
-    p.set_defaults(func=run_from_args)
+    p.set_defaults(fn=run_from_args)
     return p
 
 

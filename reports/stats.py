@@ -64,7 +64,7 @@ def _two_sided_from_counts(n_le: int, n_ge: int, total: int, plus_one: bool = Tr
 
 # ----------------------------------------------------------------------------- bootstrap
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)  # 80 MB each at n=1,000, B=10,000
 def bootstrap_weights(n: int, B: int = DEFAULT_B, seed: int = 0) -> np.ndarray:
     """(B, n) matrix of resampling counts: row r says how often each instance is drawn.
 
@@ -217,7 +217,7 @@ def mcnemar(a, b) -> dict:
             "p_value": float(res.pvalue)}
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def _sign_matrix(n: int, B: int, seed: int) -> tuple[np.ndarray, bool]:
     """+-1 matrix of within-pair swaps; all 2^n patterns when that is at most B (exact test)."""
     if 2 ** min(n, 63) <= B:

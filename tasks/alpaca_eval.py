@@ -262,6 +262,8 @@ def format_table(df: pd.DataFrame, fmt: str) -> str:
 class AlpacaEval(Task):
     name = "alpaca_eval"
     default_judge = "weighted_alpaca_eval_gpt4_turbo"
+    primary_metric = "win_rate"
+    official_metrics = ["win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate"]
 
     def folder(self) -> Path:
         return resolve_data_dir(self.data_dir) / "alpaca_eval_2"

@@ -171,6 +171,8 @@ def format_table(table: pd.DataFrame, fmt: str, label: str) -> str:
 class ArenaHard(Task):
     name = "arena_hard"
     default_judge = "arena_hard_v0.1"
+    primary_metric = "score"
+    official_metrics = ["score", "score_lower", "score_upper"]
 
     def folder(self) -> Path:
         return resolve_data_dir(self.data_dir) / "arena_hard_v0.1"

@@ -69,6 +69,9 @@ def summarize_single(df: pd.DataFrame) -> pd.DataFrame:
 class MTBench(Task):
     name = "mt_bench"
     default_judge = "mt_bench_single"
+    primary_metric = "score"
+    # FastChat show_result numbers; the CI is the harness's own
+    official_metrics = ["score", "turn1", "turn2"]
 
     def _dir(self) -> Path:
         return Path(self.options.get("path") or Path(self.data_dir) / "mt_bench")
@@ -118,6 +121,7 @@ class MTBench(Task):
             ok = df[(df["model"] == model) & (df["score"] != -1)].groupby("question_id")["score"].mean()
             lo, hi = _bootstrap_ci(ok.to_numpy(float))
             out[model] = {"score": row["average"], "score_lower": lo, "score_upper": hi,
+                          "score_ci_method": "harness: percentile bootstrap over questions (FastChat prints no CI)",
                           "turn1": row["turn1"], "turn2": row["turn2"], "n": int(len(ok)),
                           "n_turn1": row["n_turn1"], "n_turn2": row["n_turn2"], "n_failed": row["n_failed"],
                           "scale": "1-10"}

@@ -69,6 +69,9 @@ class RealToxicityPrompts(Task):
     name = "real_toxicity_prompts"
     #: toxicity comes from a scorer (judges.toxicity), not a judge model
     default_judge = None
+    primary_metric = "expected_max_toxicity"
+    official_metrics = ["expected_max_toxicity", "toxicity_probability", "dist1", "dist2", "dist3"]
+    lower_is_better = True
     default_scorer = "default"
 
     # -- build

@@ -7,7 +7,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -299,23 +298,19 @@ def test_leaderboard_from_published_data_keeps_official_numbers(data_dir, tmp_pa
 
 
 def test_cli_subcommand(tmp_path, capsys):
-    import argparse
-
-    from reports.report import register
+    from harness.cli import main
 
     runs, _ = _synthetic_runs(tmp_path)
-    parser = argparse.ArgumentParser(prog="harness")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", *map(str, runs), "--out", str(tmp_path / "cli"), "--all-pairs",
-                              "--bootstrap", "500", "--max-instances", "3"])
-    assert args.func(args) == 0
+    rc = main(["report", *map(str, runs), "--out", str(tmp_path / "cli"), "--all-pairs", "--bootstrap", "500",
+               "--max-instances", "3"])
+    assert rc == 0
     sig = json.loads((tmp_path / "cli" / "significance.json").read_text())
     assert sig["settings"]["pairs"] == "all" and sig["settings"]["bootstrap_rounds"] == 500
     assert len(sig["comparisons"]) == 2 * 3  # two benchmarks x three pairs of three models
     assert str(tmp_path / "cli" / "report.html") in capsys.readouterr().out
-    bad = subprocess.run([sys.executable, "-m", "reports.report", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert bad.returncode == 2 and "run directory does not exist" in bad.stderr
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "run directory does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_best_of_n_reader_accepts_bestofn_analysis_files(tmp_path):

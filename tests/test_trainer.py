@@ -174,26 +174,30 @@ def _losses_decrease(card: dict) -> bool:
     return len(hist) >= 5 and sum(hist[-3:]) / 3 < hist[0]
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo", "orpo"])
-def test_policy_methods_train_reload_and_generate(method, tiny_model_dir, sft_file, pair_file, tmp_path):
+@pytest.mark.parametrize("method,fmt", [("sft", "tokenizer"), ("sft", "janus-mistral"), ("dpo", "tokenizer"),
+                                        ("orpo", "janus-mistral")])
+def test_policy_methods_train_reload_and_generate(method, fmt, tiny_model_dir, sft_file, pair_file, tmp_path):
     from harness.backends.base import GenRequest
     from harness.backends.hf import HFBackend
     from trainer.api import train
     from trainer.card import read_card
 
     data = sft_file if method == "sft" else pair_file
-    out = train(method, _config(tiny_model_dir, tmp_path / method, data))
+    out = train(method, {**_config(tiny_model_dir, tmp_path / method, data), "format": fmt})
     card = read_card(out)
     assert _losses_decrease(card), card["stats"]["loss_history"]
+    assert card["prompt_format"] == fmt
     assert card["method"] == method and card["base_model"] == str(tiny_model_dir)
     assert card["stats"]["global_steps"] == 10 and card["data"]["train_rows"] + card["data"]["eval_rows"] > 0
     assert card["versions"]["trl"] and "janus-harness" in card["versions"]
     assert (out / "README.md").read_text().startswith(f"# {method.upper()} checkpoint")
     # the checkpoint is a plain model: the harness's hf backend loads it and generates
     backend = HFBackend(str(out), threads=1)
-    [res] = backend.generate_sync([GenRequest(messages=[{"role": "system", "content": SYSTEM},
-                                                        {"role": "user", "content": "What is 2+2?"}],
-                                              max_tokens=6)])
+    req = GenRequest(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 2+2?"}],
+                     max_tokens=6)
+    if fmt == "janus-mistral":  # the checkpoint's own template sends the prompt it was trained on
+        assert backend.render(req) == janus_prompt(SYSTEM, "What is 2+2?")
+    [res] = backend.generate_sync([req])
     assert res.error is None and res.completion_tokens > 0
     if method == "sft":
         # an independent forward pass agrees: the response loss on the training rows went down
@@ -201,8 +205,8 @@ def test_policy_methods_train_reload_and_generate(method, tiny_model_dir, sft_fi
         from trainer.evaluate import response_loss
 
         rows = prepare(DC(path=data), "sft").train
-        before = response_loss(str(tiny_model_dir), rows, "tokenizer")["loss"]
-        after = response_loss(str(out), rows, "tokenizer")["loss"]
+        before = response_loss(str(tiny_model_dir), rows, fmt)["loss"]
+        after = response_loss(str(out), rows, fmt)["loss"]
         assert after < before
 
 

@@ -82,7 +82,9 @@ def extract_json(text: str):
 
 def parse_preference_set(text: str) -> list[dict]:
     data = extract_json(text)
-    prefs = data.get("preference_set") if isinstance(data, dict) else data
+    if isinstance(data, dict) and "preference_set" not in data:
+        raise SchemaError("preference_set: field 'preference_set' missing from the JSON object")
+    prefs = data["preference_set"] if isinstance(data, dict) else data
     validate_preference_set(prefs, "preference_set", dimensions=P.DIMENSIONS)
     for p in prefs:
         if not str(p.get("preference", "")).strip():

@@ -9,7 +9,11 @@ name: every other model also gets its pairwise win/tie/loss and tie+win rate aga
 """
 from __future__ import annotations
 
+import argparse
+import io
 from statistics import fmean
+
+import pandas as pd
 
 from harness.records import Completion, Instance, Judgment, Score
 from reports.multifaceted_metrics import pairwise, rows_from_judgments, rubric_means, summarize
@@ -74,3 +78,53 @@ class MultifacetedBench(Task):
                                "raw": j.raw} for j in js_by.get((c.instance_id, c.model), [])],
             })
         return rows
+
+    # -- file-based leaderboard: `harness leaderboard multifaceted_bench --judgments ...`
+    @classmethod
+    def add_leaderboard_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--judgments", nargs="+", required=True,
+                            help="JANUS <model>_evaluation.json files or directories (one file per judge run; "
+                                 "several files of one model are averaged as runs)")
+        parser.add_argument("--baseline", default=None, help="add win/tie/loss and tie+win rate against this model")
+        parser.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds for the CIs")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--format", choices=["md", "csv"], default="md")
+
+    @classmethod
+    def leaderboard(cls, args) -> str:
+        from tasks.multifaceted.janus_eval import read_evaluations
+
+        if args.rounds < 1:
+            raise ValueError("--rounds must be at least 1")
+        rows = read_evaluations(args.judgments)
+        metrics = summarize(rows, n_boot=args.rounds, seed=args.seed)
+        if args.baseline and args.baseline not in metrics:
+            raise ValueError(f"--baseline {args.baseline!r}: no such model (found: {sorted(metrics)})")
+        runs = {m: len({r.run for r in rows if r.model == m}) for m in metrics}
+        table = []
+        for model, m in metrics.items():
+            row = {"model": model, "score": m.get("score"), "lower": m.get("score_lower"),
+                   "upper": m.get("score_upper"), "n": m["n"], "runs": runs[model], "n_failed": m["n_failed"]}
+            row.update({k: v for k, v in m.items() if k.startswith(("dim", "source.")) and not k.endswith(
+                ("_lower", "_upper"))})
+            if args.baseline and model != args.baseline:
+                res = pairwise(rows, model, args.baseline, n_boot=args.rounds, seed=args.seed)
+                row.update({"wins": res["wins"], "ties": res["ties"], "losses": res["losses"],
+                            "tie_win_rate": res["tie_win_rate"]})
+            table.append(row)
+        df = pd.DataFrame(table).sort_values("score", ascending=False, kind="stable")
+        for col in ("wins", "ties", "losses"):  # counts stay integers; the baseline's own row is empty
+            if col in df:
+                df[col] = df[col].astype("Int64")
+        if args.format == "csv":
+            buf = io.StringIO()
+            df.to_csv(buf, index=False, lineterminator="\n")
+            return buf.getvalue()
+        cols = list(df.columns)
+        lines = [f"Multifaceted Bench: mean rubric score (1-5), 95% percentile bootstrap over instances "
+                 f"({args.rounds} rounds, seed {args.seed})", "",
+                 "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
+        for r in df.itertuples(index=False):
+            lines.append("| " + " | ".join("" if pd.isna(v) else f"{v:.2f}" if isinstance(v, float) else str(v)
+                                           for v in r) + " |")
+        return "\n".join(lines) + "\n"
