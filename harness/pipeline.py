@@ -224,8 +224,11 @@ class Run:
         if call.logprob_prefix is not None:
             msgs = call.messages + [{"role": "assistant", "content": call.logprob_prefix}]
             return GenRequest(messages=msgs, max_tokens=1, temperature=0.0, logprobs=True,
-                              top_logprobs=call.top_logprobs, continue_final_message=True)
+                              top_logprobs=call.top_logprobs, continue_final_message=True,
+                              sample_index=call.meta.get("sample_index", call.sample_index))
         return GenRequest(messages=call.messages, max_tokens=call.max_tokens, temperature=call.temperature,
+                          top_p=call.meta.get("top_p", call.top_p),
+                          sample_index=call.meta.get("sample_index", call.sample_index),
                           logprobs=call.want_logprobs, top_logprobs=call.top_logprobs if call.want_logprobs else 0)
 
     def _backend(self, mcfg: ModelConfig):

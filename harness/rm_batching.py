@@ -138,10 +138,17 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]], pad_id: int | None = Non
     return n
 
 
+def _runs_with_cache(module) -> str:
+    """transformers 5.x names the key/value cache argument ``cache``; earlier versions ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def _prefix_cache(scorer: RewardScorer, prefix_ids):
-    if scorer.kind == VALUE_HEAD:
-        return scorer.model.base(input_ids=prefix_ids, use_cache=True).past_key_values
-    return scorer.model(input_ids=prefix_ids, use_cache=True).past_key_values
+    module = scorer.model.base if scorer.kind == VALUE_HEAD else scorer.model
+    out = module(input_ids=prefix_ids, use_cache=True)
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def score_with_shared_prefix(scorer: RewardScorer, seqs: Sequence[Sequence[int]], prefix_len: int) -> list[float]:
@@ -156,17 +163,19 @@ def score_with_shared_prefix(scorer: RewardScorer, seqs: Sequence[Sequence[int]]
     with torch.no_grad():
         prefix = torch.tensor([list(seqs[0][:prefix_len])], dtype=torch.long, device=scorer.device)
         cache = _prefix_cache(scorer, prefix)
+        module = scorer.model.base if scorer.kind == VALUE_HEAD else scorer.model
+        cache_arg = _runs_with_cache(module)
         for s in seqs:
             suffix = torch.tensor([list(s[prefix_len:])], dtype=torch.long, device=scorer.device)
             past = copy.deepcopy(cache)  # the forward appends to the cache it is given
             if scorer.kind == VALUE_HEAD:
                 model = scorer.model
-                hidden = model.base(input_ids=suffix, past_key_values=past, use_cache=True).last_hidden_state[:, -1]
+                hidden = model.base(input_ids=suffix, use_cache=True, **{cache_arg: past}).last_hidden_state[:, -1]
                 reward = model.value_head(hidden).squeeze(-1)
                 if model.normalize:
                     reward = (reward - model.mean) / model.std
             else:
-                reward = scorer.model(input_ids=suffix, past_key_values=past, use_cache=True).logits[:, 0]
+                reward = scorer.model(input_ids=suffix, use_cache=True, **{cache_arg: past}).logits[:, 0]
             out.append(float(reward.float()[0]))
     return out
 

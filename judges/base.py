@@ -28,6 +28,9 @@ class JudgeCall:
     messages: list[dict]
     max_tokens: int = 2048
     temperature: float = 0.0
+    top_p: float = 1.0
+    # repeated judge runs of the same prompt (e.g. JANUS averages 3) are distinct samples
+    sample_index: int = 0
     baseline: str | None = None
     position: str | None = None
     # logprob scoring: the judge's answer is continued from ``prefix`` for one token and
