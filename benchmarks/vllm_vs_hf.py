@@ -8,6 +8,8 @@ completion tokens actually produced. Needs the vLLM environment:
     VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm_vs_hf.py \
         [--prompts 32] [--max-tokens 64] [--hf-batch 8] [--dtype float32] [--model default]
 
+Measured here (2 contended cores, SmolLM2-135M float32, 32 prompts x 64 tokens, greedy):
+hf 52.0 tok/s (batch 8), vllm 165.0 tok/s, ratio 3.17, all 32 greedy texts identical.
 On a GPU machine use --dtype bfloat16 --device cuda (hf) and the plain `vllm` package.
 """
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", help="both backends (bfloat16 is vLLM's usual CPU/GPU dtype)")
     p.add_argument("--device", default="cpu", help="hf backend device")
     args = p.parse_args()
+    # a like-for-like default on CPU: vLLM's worker on one core, as hf with OMP_NUM_THREADS=1
+    # (vLLM's own default, "auto", binds a thread to every physical core it may use)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
     from harness.backends.hf import HFBackend
     from harness.backends.vllm_backend import VLLMBackend

@@ -360,7 +360,7 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--poll-interval", type=float, default=30.0, help="seconds between status checks")
     p.add_argument("--no-wait", action="store_true", help="submit (or check) and return; rerun to collect")
-    p.set_defaults(func=_cmd_batch)
+    p.set_defaults(fn=_cmd_batch)
 
 
 def _cmd_batch(args) -> int:
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     register(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(argv)
     try:
-        return args.func(args)
+        return args.fn(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

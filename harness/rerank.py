@@ -32,7 +32,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from harness.backends.base import GenRequest
 from harness.records import Completion, Instance, Score, stable_hash
@@ -277,8 +277,9 @@ class ToxicityPenaltyScorer:
 class JudgeScorer:
     """A judge through the call layer: the mean of its parsed values over its calls for the candidate."""
 
-    def __init__(self, judge, backend, calls, judge_model_name: str = ""):
+    def __init__(self, judge, backend, calls, judge_model_name: str = "", server=None):
         self.judge, self.backend, self.calls = judge, backend, calls
+        self.server = server  # a `harness serve` process started for this judge, stopped by close()
         self.name = f"judge-{judge.name}"
         self.version = stable_hash({"judge": judge.config() if hasattr(judge, "config") else judge.name,
                                     "judge_model": backend.model_id})
@@ -302,6 +303,15 @@ class JudgeScorer:
             on_batch(list(range(len(cands))), out)
         return out
 
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            try:
+                self.server.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                self.server.kill()
+            self.server = None
+
 
 def make_scorer(spec: str, run_dir: Path | None = None, task: str | None = None, calls=None,
                 max_tokens: int | None = None, **rm_options) -> Any:
@@ -321,7 +331,18 @@ def make_scorer(spec: str, run_dir: Path | None = None, task: str | None = None,
         options = dict(tcfg.judge_options) if tcfg else {}
         if cfg.judge.method == "logprob":
             options["method"] = "logprob"
-        return JudgeScorer(JUDGES.get(name)(options), make_backend(cfg.judge), calls, cfg.judge.name)
+        if calls is None:
+            raise RerankError(f"scorer '{spec}': a judge scorer needs the call layer (pass calls=CallLayer(...))")
+        judge = JUDGES.get(name)(options)
+        jcfg, server = cfg.judge, None
+        if jcfg.serve is not None and not jcfg.base_url:  # as the pipeline does: start the local endpoint
+            from harness.serve import start_server_process
+
+            opts = dict(jcfg.serve)
+            server, jcfg.base_url = start_server_process(
+                opts.get("model", "default"), jcfg.model, batch_size=int(opts.get("batch_size", 8)),
+                chat_template=opts.get("chat_template", "tokenizer"), log_path=str(run_dir / "serve.log"))
+        return JudgeScorer(judge, make_backend(jcfg), calls, jcfg.name, server)
     if spec == "toxicity" or spec.startswith("toxicity:"):
         return ToxicityPenaltyScorer(spec.partition(":")[2] or "default")
     path = Path(spec).expanduser()
@@ -382,10 +403,10 @@ def select_best(cands_by_index: dict[int, Completion], rewards: dict[str, float 
     pool = [(s, c) for s, c in sorted(cands_by_index.items()) if s < n and rewards.get(c.key) is not None]
     if not pool:
         return None
-    best_s, best = pool[0]
-    for s, c in pool[1:]:
+    best = pool[0][1]
+    for _, c in pool[1:]:
         if rewards[c.key] > rewards[best.key]:  # strictly greater: ties keep the lower sample index
-            best_s, best = s, c
+            best = c
     return best, rewards[best.key], {s: rewards[c.key] for s, c in pool}
 
 
@@ -459,11 +480,14 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
         raise RerankError(f"--candidates: {candidates} is not a run directory (no run.sqlite)")
     ns = sorted(set(int(n) for n in ns))
     n_max = ns[-1]
+    if candidates.is_dir() and out is not None and Path(out).resolve() != candidates.resolve():
+        raise RerankError("--out: the @bo<n> models of a run's candidates are written into that run; "
+                          "--out is for candidate files")
     run_dir = Path(out) if out else (candidates if candidates.is_dir() else None)
     if run_dir is None:
         raise RerankError("--out: a run directory is needed when --candidates is a file")
     target = RunStore(run_dir)
-    pool_store = RunStore(run_dir / CANDIDATES_DIR)
+    candidates_store = pool_store = RunStore(run_dir / CANDIDATES_DIR)
     own_calls = calls is None
     calls = calls or CallLayer(run_dir / "cache.sqlite")
     try:
@@ -476,17 +500,19 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
                 raise RerankError("--model: name the model whose candidates to rerank")
             task = _select_task(target, task, str(candidates))
             instances = {i.id: i for i in target.iter("instance", task=task)}
-            samples = collect_pool(pool_store, task, model, instances)
             run_samples = collect_pool(target, task, model, instances)
-            if not samples and run_samples and all(len(v) >= n_max for v in run_samples.values()):
+            if run_samples and all(len([s for s in v if s < n_max]) >= n_max for v in run_samples.values()):
                 samples, pool_store = run_samples, target  # the run sampled the pool itself
-            elif any(len([s for s in samples.get(i, {}) if s < n_max]) < n_max for i in instances):
-                backend = backend or _config_backend(run_dir, model)
-                sampling = {**JANUS_SAMPLING, **(sampling or {})}
-                cfg_seed = _config_seed(run_dir)
-                gen_hash = await generate_pool(pool_store, calls, backend, task, model, instances, n_max,
-                                               sampling, cfg_seed)
-                samples = collect_pool(pool_store, task, model, instances, gen_hash)
+            else:
+                if backend is None and _config_has_model(run_dir, model):
+                    backend = _config_backend(run_dir, model)  # backends load their model lazily
+                if backend is not None:
+                    sampling = {**JANUS_SAMPLING, **(sampling or {})}
+                    gen_hash = await generate_pool(pool_store, calls, backend, task, model, instances, n_max,
+                                                   sampling, _config_seed(run_dir))
+                    samples = collect_pool(pool_store, task, model, instances, gen_hash)
+                else:  # a pool imported earlier, nothing to sample with
+                    samples = collect_pool(pool_store, task, model, instances)
         if not samples:
             raise RerankError(f"{candidates}: no candidates of model '{model}' for task '{task}'")
         pool = Pool(task, model, pool_store, instances, samples)
@@ -500,17 +526,20 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
 
             oracle_scores = await score_candidates(pool_store, cands, oracle) if oracle is not None else None
             table = pool_table(pool, rewards, oracle_scores)
-            result.analysis = analyze(table, ns, meta={"task": task, "pool_model": model, "scorer": scorer.name,
-                                                       "scorer_version": scorer.version,
-                                                       "oracle": getattr(oracle, "name", None)})
-            stem = f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', model)}__{label or _label(scorer)}"
-            result.analysis_files = [str(p) for p in write_analysis(result.analysis, run_dir / "bestofn", stem)]
+            try:
+                result.analysis = analyze(table, ns, meta={"task": task, "pool_model": model, "scorer": scorer.name,
+                                                           "scorer_version": scorer.version,
+                                                           "oracle": getattr(oracle, "name", None)})
+            except ValueError as e:  # e.g. generation failures left no prompt with a full pool
+                log.warning("no best-of-n analysis: %s", e)
+            else:
+                stem = f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', model)}__{label or _label(scorer)}"
+                result.analysis_files = [str(p) for p in write_analysis(result.analysis, run_dir / "bestofn", stem)]
         return result
     finally:
         if own_calls:
             calls.close()
-        if pool_store is not target:
-            pool_store.close()
+        candidates_store.close()
         target.close()
 
 
@@ -527,6 +556,16 @@ def _config_backend(run_dir: Path, model: str):
         if m.name == model:
             return make_backend(m)
     raise RerankError(f"{cfg_path}: models: no model named '{model}' (known: {[m.name for m in cfg.models]})")
+
+
+def _config_has_model(run_dir: Path, model: str) -> bool:
+    import yaml
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        return False
+    raw = yaml.safe_load(cfg_path.read_text()) or {}
+    return any(isinstance(m, dict) and m.get("name") == model for m in raw.get("models") or [])
 
 
 def _config_seed(run_dir: Path) -> int | None:
@@ -583,7 +622,10 @@ def cmd_rerank(args) -> int:
         raise RerankError(f"--candidates: {cand} does not exist")
     if cand.is_dir() and not (cand / "run.sqlite").exists():
         raise RerankError(f"--candidates: {cand} is not a run directory (no run.sqlite)")
+    if cand.is_file() and not args.out:
+        raise RerankError("--out: a run directory is needed when --candidates is a file")
     calls = CallLayer(run_dir / "cache.sqlite")
+    scorer = oracle = None
     try:
         rm_opts = {"device": args.device, "dtype": args.dtype}
         if args.prompt_format:
@@ -595,6 +637,9 @@ def cmd_rerank(args) -> int:
                                  sampling=sampling, label=args.label, oracle=oracle,
                                  analysis=not args.no_analysis, calls=calls))
     finally:
+        for s in (scorer, oracle):
+            if hasattr(s, "close"):
+                s.close()  # a judge scorer may have started a local server
         calls.close()
     print(f"pool: {res.pool_model} on {res.task}: {res.n_candidates} candidates, {res.scored_now} scored now, "
           f"{res.n_candidates - res.scored_now} from stored scores")

@@ -14,8 +14,9 @@ The cost model differs by device. On an accelerator, rows in a batch run in para
 batches and sorted lengths keep the padding small. On a CPU a padded token costs as much as a real one and
 a batch is no faster per row than single rows, while a padded batch's 4-d attention mask forces the slow
 attention path; so on CPU only rows of equal length share a batch (``pad_tolerance`` 0), batches without
-padding run without a mask (the causal fast path), and the candidates of one prompt run their shared prefix
-(system message and prompt) once, each continuing from a copy of its key/value cache.
+padding run without a mask (the causal fast path). (Running a prompt's shared prefix once and continuing
+each candidate from its key/value cache was measured slower on CPU: attention over a cache needs an explicit
+mask again.)
 """
 from __future__ import annotations
 
@@ -117,126 +118,36 @@ def _ensure_pad_token(scorer: RewardScorer) -> None:
         config.pad_token_id = scorer.pad_id
 
 
-MIN_SHARED_PREFIX = 8  # tokens; below this a prefix pass costs more than it saves
-
-
-def shared_prefix_length(seqs: Sequence[Sequence[int]], pad_id: int | None = None) -> int:
-    """Length of the token prefix common to all ``seqs``, leaving every sequence at least one token of its own.
-
-    With ``pad_id`` (sequence classifiers pool at the last non-pad token) the prefix also stops before each
-    sequence's last non-pad token, so the pooled token is always in the part run per candidate.
-    """
-    limit = min(len(s) for s in seqs) - 1
-    if pad_id is not None:
-        for s in seqs:
-            last = max((i for i, t in enumerate(s) if t != pad_id), default=0)
-            limit = min(limit, last)
-    n = 0
-    first = seqs[0]
-    while n < limit and all(s[n] == first[n] for s in seqs):
-        n += 1
-    return n
-
-
-def _runs_with_cache(module) -> str:
-    """transformers 5.x names the key/value cache argument ``cache``; earlier versions ``past_key_values``."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
-def _prefix_cache(scorer: RewardScorer, prefix_ids):
-    module = scorer.model.base if scorer.kind == VALUE_HEAD else scorer.model
-    out = module(input_ids=prefix_ids, use_cache=True)
-    return out["cache"] if "cache" in out else out["past_key_values"]
-
-
-def score_with_shared_prefix(scorer: RewardScorer, seqs: Sequence[Sequence[int]], prefix_len: int) -> list[float]:
-    """Rewards of candidates that share their first ``prefix_len`` tokens (the rendered system message and
-    prompt): the prefix runs once, each candidate runs only its own tokens on a copy of the prefix's
-    key/value cache. Positions continue from the prefix, so the result equals the full forward pass."""
-    import copy
-
-    import torch
-
-    out = []
-    with torch.no_grad():
-        prefix = torch.tensor([list(seqs[0][:prefix_len])], dtype=torch.long, device=scorer.device)
-        cache = _prefix_cache(scorer, prefix)
-        module = scorer.model.base if scorer.kind == VALUE_HEAD else scorer.model
-        cache_arg = _runs_with_cache(module)
-        for s in seqs:
-            suffix = torch.tensor([list(s[prefix_len:])], dtype=torch.long, device=scorer.device)
-            past = copy.deepcopy(cache)  # the forward appends to the cache it is given
-            if scorer.kind == VALUE_HEAD:
-                model = scorer.model
-                hidden = model.base(input_ids=suffix, use_cache=True, **{cache_arg: past}).last_hidden_state[:, -1]
-                reward = model.value_head(hidden).squeeze(-1)
-                if model.normalize:
-                    reward = (reward - model.mean) / model.std
-            else:
-                reward = scorer.model(input_ids=suffix, use_cache=True, **{cache_arg: past}).logits[:, 0]
-            out.append(float(reward.float()[0]))
-    return out
-
-
 class BucketedScorer:
-    """Scores (system, prompt, response) triples with a ``trainer.reward_model.RewardScorer``.
-
-    ``share_prefix`` (default: on CPU, where rows run one at a time anyway): candidates of the same prompt
-    run their common prefix once (``score_with_shared_prefix``); everything else goes through the buckets.
-    """
+    """Scores (system, prompt, response) triples with a ``trainer.reward_model.RewardScorer``."""
 
     def __init__(self, scorer: RewardScorer, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 max_batch: int = DEFAULT_MAX_BATCH, pad_tolerance: float | None = None,
-                 share_prefix: bool | None = None):
+                 max_batch: int = DEFAULT_MAX_BATCH, pad_tolerance: float | None = None):
         self.scorer = scorer
         self.max_tokens, self.max_batch = int(max_tokens), int(max_batch)
         self.pad_tolerance = default_pad_tolerance(scorer.device) if pad_tolerance is None else float(pad_tolerance)
-        self.share_prefix = (self.pad_tolerance == 0.0) if share_prefix is None else bool(share_prefix)
         self.name, self.version = scorer.name, scorer.version
         _ensure_pad_token(scorer)
 
     def encode(self, triples: Sequence[tuple]) -> list[list[int]]:
         return [self.scorer.encode(*t) for t in triples]
 
-    def score_ids(self, seqs: Sequence[Sequence[int]], on_batch=None,
-                  groups: Sequence[Sequence[int]] | None = None) -> list[float]:
-        """Rewards for token sequences. ``groups``: indices of candidates of one prompt (for prefix sharing).
-        ``on_batch(indices, rewards)`` is called after every batch or group, so a caller can store finished
-        work before the next one runs."""
+    def score_ids(self, seqs: Sequence[Sequence[int]], on_batch=None) -> list[float]:
+        """Rewards for token sequences. ``on_batch(indices, rewards)`` is called after every batch,
+        so a caller can store finished work before the next batch runs."""
         out: list[float] = [0.0] * len(seqs)
-
-        def done(idx, rewards):
+        left = pads_left(self.scorer)
+        for idx in plan_batches([len(s) for s in seqs], self.max_tokens, self.max_batch, self.pad_tolerance):
+            ids, mask = pad_batch([seqs[i] for i in idx], self.scorer.pad_id, left)
+            rewards = forward_rewards(self.scorer, ids, mask)
             for i, r in zip(idx, rewards):
                 out[i] = r
             if on_batch is not None:
-                on_batch(list(idx), rewards)
-
-        rest = list(range(len(seqs)))
-        if self.share_prefix and groups:
-            pad = None if self.scorer.kind == VALUE_HEAD else self.scorer.pad_id
-            shared = set()
-            for idx in groups:
-                if len(idx) < 2:
-                    continue
-                n = shared_prefix_length([seqs[i] for i in idx], pad)
-                if n >= MIN_SHARED_PREFIX:
-                    done(idx, score_with_shared_prefix(self.scorer, [seqs[i] for i in idx], n))
-                    shared.update(idx)
-            rest = [i for i in rest if i not in shared]
-        left = pads_left(self.scorer)
-        for b in plan_batches([len(seqs[i]) for i in rest], self.max_tokens, self.max_batch, self.pad_tolerance):
-            idx = [rest[j] for j in b]
-            ids, mask = pad_batch([seqs[i] for i in idx], self.scorer.pad_id, left)
-            done(idx, forward_rewards(self.scorer, ids, mask))
+                on_batch(idx, rewards)
         return out
 
     def score(self, triples: Sequence[tuple], on_batch=None) -> list[float]:
-        groups: dict[tuple, list[int]] = {}
-        for i, t in enumerate(triples):
-            groups.setdefault((t[0], t[1]), []).append(i)
-        return self.score_ids(self.encode(triples), on_batch, list(groups.values()))
+        return self.score_ids(self.encode(triples), on_batch)
 
 
 def score_one_at_a_time(scorer: RewardScorer, triples: Sequence[tuple]) -> list[float]:

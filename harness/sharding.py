@@ -17,6 +17,13 @@ Three ways to drive it, all producing the same records as one process:
 
 A shard that was killed is rerun with the same command: its store and cache skip the
 work already done. ``merge`` refuses to run while a shard is missing or unfinished.
+
+A Slurm job array, for example::
+
+    #SBATCH --array=0-7
+    harness shard run configs/big.yaml --out runs/big      # one task per shard
+    # after the array (e.g. a job with --dependency=afterok:<array id>):
+    harness shard merge runs/big/merged runs/big
 """
 from __future__ import annotations
 
@@ -209,7 +216,7 @@ def _merge_caches(target: Path, sources: Sequence[Path]) -> None:
     db = sqlite3.connect(target)
     try:
         for i, src in enumerate(s for s in sources if s.exists()):
-            db.execute(f"ATTACH DATABASE ? AS s{i}", (f"file:{src}?mode=ro",))
+            db.execute(f"ATTACH DATABASE ? AS s{i}", (str(src),))
             db.execute(f"INSERT OR IGNORE INTO cache SELECT key, model, data, created FROM s{i}.cache")
             db.commit()
             db.execute(f"DETACH DATABASE s{i}")
@@ -294,11 +301,11 @@ def register(subparsers) -> None:
     r.add_argument("--out", required=True, help="parent directory; the shard writes OUT/shard-I-of-N")
     r.add_argument("--data-dir", default=None)
     r.add_argument("--limit", type=int, default=None)
-    r.set_defaults(func=_cmd_run)
+    r.set_defaults(fn=_cmd_run)
     m = sub.add_parser("merge", help="merge finished shards into one run directory and aggregate")
     m.add_argument("out")
     m.add_argument("shards", nargs="+", help="shard directories, or the parent that holds them")
-    m.set_defaults(func=_cmd_merge)
+    m.set_defaults(fn=_cmd_merge)
     y = sub.add_parser("ray", help="run all shards as Ray tasks, then merge into OUT")
     y.add_argument("config")
     y.add_argument("--num-shards", type=int, required=True)
@@ -306,7 +313,7 @@ def register(subparsers) -> None:
     y.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     y.add_argument("--data-dir", default=None)
     y.add_argument("--limit", type=int, default=None)
-    y.set_defaults(func=_cmd_ray)
+    y.set_defaults(fn=_cmd_ray)
 
 
 def _load(args) -> RunConfig:
@@ -347,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     register(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(argv)
     try:
-        return args.func(args)
+        return args.fn(args)
     except ValueError as e:  # ShardError and config errors: one clear line
         print(f"error: {e}", file=sys.stderr)
         return 2

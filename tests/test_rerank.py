@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import json
 import random
-import re
 from pathlib import Path
 
 import pytest
@@ -100,47 +99,37 @@ def test_plan_batches_respects_the_token_budget():
 
 
 @pytest.mark.parametrize("layout", ["seq_cls_rm", "value_head_rm"])
-@pytest.mark.parametrize("mode", ["padded", "cpu-default", "equal-lengths"])
+@pytest.mark.parametrize("mode", ["padded", "cpu-default", "cuda-default"])
 def test_bucketed_scorer_equals_one_at_a_time(layout, mode, request, data_dir):
-    from harness.rm_batching import (MIN_SHARED_PREFIX, BucketedScorer, plan_batches, score_one_at_a_time,
-                                     score_per_prompt, shared_prefix_length)
+    from harness.rm_batching import BucketedScorer, plan_batches, score_one_at_a_time, score_per_prompt
     from trainer.reward_model import SEQ_CLS, VALUE_HEAD, load_reward_model
 
     rm = load_reward_model(request.getfixturevalue(layout))
     assert rm.kind == (SEQ_CLS if layout == "seq_cls_rm" else VALUE_HEAD)
     triples = _triples(data_dir)
     triples += [triples[0], ("Someone else.", "Hi", triples[3][2])]  # an equal-length pair, a lone prompt
-    options = {"padded": dict(pad_tolerance=1.0, share_prefix=False),  # accelerators
-               "cpu-default": {},  # CPU: equal lengths only, shared prompt prefixes run once
-               "equal-lengths": dict(pad_tolerance=0.0, share_prefix=False)}[mode]
-    batcher = BucketedScorer(rm, max_tokens=600, max_batch=8, **options)
+    options = {"padded": dict(pad_tolerance=1.0), "cpu-default": {}, "cuda-default": {}}[mode]
+    if mode == "cuda-default":  # the planner's default on an accelerator, run here on CPU
+        rm.device = "cuda"
+        batcher = BucketedScorer(rm, max_tokens=600, max_batch=8)
+        rm.device = "cpu"
+        assert batcher.pad_tolerance == 1.0
+    if mode != "cuda-default":
+        batcher = BucketedScorer(rm, max_tokens=600, max_batch=8, **options)
     seqs = batcher.encode(triples)
     lengths = [len(s) for s in seqs]
     batches = plan_batches(lengths, 600, 8, batcher.pad_tolerance)
     padded = sum(len(b) > 1 and len({lengths[i] for i in b}) > 1 for b in batches)
-    if mode == "padded":  # the test must exercise padding: several multi-row batches of unequal lengths
+    if mode == "cpu-default":  # CPU: rows share a batch only at equal length, and then run without a mask
+        assert batcher.pad_tolerance == 0.0 and padded == 0 and any(len(b) > 1 for b in batches)
+    else:  # the test must exercise padding: several multi-row batches of unequal lengths
         assert padded >= 2
-    else:  # rows share a batch only at equal length
-        assert padded == 0 and any(len(b) > 1 for b in batches)
-    if mode == "cpu-default":  # the prefix path runs for every prompt's group
-        assert batcher.share_prefix
-        pad = rm.pad_id if rm.kind == SEQ_CLS else None
-        assert all(shared_prefix_length(seqs[i:i + 4], pad) >= MIN_SHARED_PREFIX for i in range(0, 24, 4))
     expected = score_one_at_a_time(rm, triples)
     assert batcher.score(triples) == pytest.approx(expected, abs=1e-4)
     assert len(set(round(x, 6) for x in expected)) > len(expected) // 2  # a real signal, not a constant
     # the reference per-prompt batches of 8 give the same rewards too
     per_prompt = score_per_prompt(rm, [triples[i:i + 4] for i in range(0, len(triples), 4)])
     assert [x for g in per_prompt for x in g] == pytest.approx(expected, abs=1e-4)
-
-
-def test_shared_prefix_leaves_each_candidate_its_own_last_token():
-    from harness.rm_batching import shared_prefix_length
-
-    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
-    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical candidates: one token each
-    # pad id 0 inside the sequences: the prefix stops before the last non-pad token of each
-    assert shared_prefix_length([[1, 2, 3, 0], [1, 2, 3, 9, 0]], pad_id=0) == 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,14 +360,14 @@ def test_kill_during_scoring_then_rerun_scores_only_unscored_candidates(tmp_path
     finished: list[int] = []
     batches = [0]
 
-    def dies_after_two_batches(seqs, on_batch=None, groups=None):
+    def dies_after_two_batches(seqs, on_batch=None):
         def wrapped(idx, rewards):
             on_batch(idx, rewards)
             finished.extend(idx)
             batches[0] += 1
             if batches[0] == 2:
                 raise _Killed()
-        return real_score_ids(seqs, wrapped, groups)
+        return real_score_ids(seqs, wrapped)
 
     scorer.batcher.score_ids = dies_after_two_batches
     with pytest.raises(_Killed):

@@ -53,6 +53,20 @@ def records(run: Path) -> dict[str, dict]:
     return out
 
 
+def cache_rows(run: Path) -> dict[str, str]:
+    db = sqlite3.connect(run / "cache.sqlite")
+    try:
+        rows = db.execute("SELECT key, data FROM cache").fetchall()
+    finally:
+        db.close()
+    out = {}
+    for k, data in rows:
+        d = json.loads(data)
+        d.pop("latency_s", None)
+        out[k] = d
+    return out
+
+
 @pytest.fixture()
 def judge_server():
     os.environ["HARNESS_TEST_KEY"] = "x"
@@ -110,6 +124,8 @@ def test_job_array_shards_merge_to_the_unsharded_records(tmp_path, data_dir, jud
     assert len(records(merged)) == LIMIT + 2 * LIMIT + 2 * 2 * LIMIT  # instances, completions, judgments
     result = json.loads((merged / "results.json").read_text())
     assert result["results"] == whole_result["results"]
+    # the call caches are merged too: the same answers under the same keys
+    assert cache_rows(merged) == cache_rows(whole)
     # the same per-sample rows (their order follows the order records were stored in)
     rows = [sorted((m / "samples" / "mt_bench.jsonl").read_text().splitlines()) for m in (merged, whole)]
     assert rows[0] == rows[1] and len(rows[0]) == 2 * LIMIT

@@ -372,7 +372,11 @@ def test_cli_trains_from_a_config_file_and_rejects_bad_configs(tiny_model_dir, s
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "rm", "--config", "x.yaml", "--threads", "1"])
-    assert args.train_method == "rm" and args.func.__name__ == "run_train"
+    assert args.train_method == "rm" and args.fn.__name__ == "run_train"
+    from harness.cli import main as harness_main
+
+    assert harness_main(["train", "sft", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
 
 
 def test_shipped_configs_parse(tmp_path, monkeypatch):

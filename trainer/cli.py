@@ -34,7 +34,8 @@ def add_train_args(subparsers) -> argparse.ArgumentParser:
     methods.required = True
     for m in METHODS:
         add_method_args(methods.add_parser(m, help=HELP[m]))
-    train.set_defaults(func=run_train)
+    # harness/cli.py dispatches on ``fn``; ``func`` is the argparse convention other callers may use
+    train.set_defaults(fn=run_train, func=run_train)
     return train
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 
-from trainer.data import SFT, DataConfig, prepare
+from trainer.data import SFT, prepare
 from trainer.formats import PromptFormat
 
 

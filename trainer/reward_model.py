@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from trainer.formats import CHAT, JANUS, PromptFormat
 
@@ -100,7 +100,6 @@ def detect_kind(path: str | Path) -> str:
 # the value-head model (OpenRLHF / JANUS-RM layout)
 # ----------------------------------------------------------------------------------------------
 def _value_head_model_class():
-    import torch
     from torch import nn
 
     class ValueHeadRewardModel(nn.Module):
@@ -212,7 +211,6 @@ def load_reward_model(path: str | Path, kind: str = "auto", prompt_format: str |
                       normalize: bool | None = None, max_length: int = 2048, device: str = "cpu",
                       dtype: str = "float32", trust_remote_code: bool = False) -> RewardScorer:
     """Load a reward model directory as a scorer. ``kind``: auto, sequence_classification or value_head."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trainer.card import read_card

@@ -2,7 +2,7 @@
 
 Runs only in the separate environment made by scripts/setup_vllm_cpu.sh:
 
-    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest tests/vllm -q -p no:cacheprovider
+    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest tests/vllm_cpu -q -p no:cacheprovider
 
 It is skipped where vllm is not importable (the main venv). The model is the embedded
 default, prepared by `harness models prepare`.
@@ -165,3 +165,50 @@ def test_openai_server_through_openai_backend(vllm_backend, model_dir, tmp_path)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_multifaceted_bench_run_vllm_equals_hf(vllm_backend, model_dir, tmp_path, data_dir, monkeypatch):
+    """A small Multifaceted Bench generation run: the vllm model's greedy answers equal the hf model's."""
+    from harness import pipeline
+    from harness.config import parse_config
+    from harness.store import RunStore
+
+    import json
+    from pathlib import Path
+
+    # the bench itself is not in the data mirror: the README's example instance, with
+    # real MT-Bench questions as prompts
+    example = json.loads((Path(__file__).resolve().parents[2] / "tasks/multifaceted/readme_example.json").read_text())
+    questions = [json.loads(x) for x in (data_dir / "mt_bench/question.jsonl").read_text().splitlines()[:4]]
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(dict(example, id=f"q{q['question_id']}", prompt=q["turns"][0])) + "\n"
+                             for q in questions))
+    gen = {"temperature": 0.0, "max_tokens": 32}  # the task's repetition penalty (1.03) stays on
+    cfg = parse_config({
+        "name": "mf-vllm", "data_dir": str(data_dir),
+        "models": [{"name": "hf", "backend": "hf", "model": str(model_dir), "options": {"dtype": DTYPE},
+                    "generation": gen},
+                   {"name": "vllm", "backend": "vllm", "model": str(model_dir), "generation": gen,
+                    "options": {"dtype": DTYPE, "max_model_len": 1024, "enforce_eager": True}}],
+        "tasks": [{"name": "multifaceted_bench", "options": {"path": str(bench)}}]}, "test")
+    make = pipeline.make_backend
+
+    def reuse_engine(mcfg):
+        # the engine the module already started (a second one costs ~40 s); the one the
+        # config describes must be the same model
+        b = make(mcfg)
+        if mcfg.backend == "vllm":
+            assert b.model_id == vllm_backend.model_id
+            return vllm_backend
+        return b
+
+    monkeypatch.setattr(pipeline, "make_backend", reuse_engine)
+    asyncio.run(pipeline.run_all(cfg, tmp_path / "run", steps=("build", "generate")))
+    store = RunStore(tmp_path / "run")
+    by_model = {m: {c.instance_id: c for c in store.all("completion", model=m)} for m in ("hf", "vllm")}
+    store.close()
+    assert len(by_model["hf"]) == 4 and set(by_model["hf"]) == set(by_model["vllm"])
+    for iid, c in by_model["hf"].items():
+        v = by_model["vllm"][iid]
+        assert c.status == v.status == "ok"
+        assert v.texts == c.texts and v.backend == "vllm"
