@@ -138,8 +138,10 @@ def _check_name(reg, name, where):
 
 def _check_model_path(m: ModelConfig, where: str) -> None:
     if m.backend in ("hf", "vllm"):
+        from harness.models import looks_local
+
         p = m.model
-        if p.startswith(("/", ".", "~")) and not Path(os.path.expanduser(p)).exists():
+        if p != "default" and looks_local(p) and not Path(os.path.expanduser(p)).exists():
             raise ConfigError(f"{where}: model path does not exist: {p}")
 
 

@@ -82,3 +82,8 @@ def resolve_model_path(path: str) -> str:
             raise FileNotFoundError(f"{d}: embedded default model not prepared; run `harness models prepare`")
         return str(d)
     return os.path.expanduser(path)
+
+
+def looks_local(path: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else path-like must exist locally."""
+    return path.startswith((".", "/", "~")) or path.count("/") >= 2 or os.path.exists(path)

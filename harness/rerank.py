@@ -4,10 +4,11 @@
 
 1. **Pool.** The candidates of one model for one task: ``n_max`` sampled answers per instance. They live
    in ``<run>/candidates/run.sqlite`` (a run store of their own, so the pool's many samples per instance never
-   reach the run's judging or aggregation). A pool is taken from, in order: a candidates file
-   (``--candidates FILE.jsonl``), the candidates store, or the run's own completions of the model when the
-   run already sampled ``n_max`` of them per instance. Missing samples are generated through the call layer
-   with JANUS sampling (temperature 1.0, top_p 0.9, repetition penalty 1.03, 1024 new tokens); the pool's
+   reach the run's judging or aggregation). A pool is taken from a candidates file (``--candidates FILE.jsonl``),
+   or from the run's own completions of the model when the run already sampled ``n_max`` of them per instance,
+   or else from the candidates store, where missing samples are generated through the call layer
+   with JANUS sampling (temperature 1.0, top_p 0.9, repetition penalty 1.03, 1024 new tokens), overridden by
+   the run config's generation settings for the task and the model, then by the command's flags; the pool's
    generation hash leaves out n, so growing a pool from 4 to 16 keeps the first 4.
 2. **Scoring.** Every candidate is scored on (system message, prompt, candidate) and stored as a ``Score``
    record (in the candidates store) as soon as its batch finishes. A stored score is reused when scorer,
@@ -324,6 +325,12 @@ def make_scorer(spec: str, run_dir: Path | None = None, task: str | None = None,
         if run_dir is None or not (run_dir / "config.yaml").exists():
             raise RerankError(f"scorer '{spec}': needs a run directory with config.yaml naming a judge")
         cfg = load_config(run_dir / "config.yaml")
+        if task is None:
+            store = RunStore(run_dir)
+            try:
+                task = _select_task(store, None, str(run_dir))
+            finally:
+                store.close()
         if cfg.judge is None:
             raise RerankError(f"{run_dir / 'config.yaml'}: judge: no judge configured")
         tcfg = next((t for t in cfg.tasks if t.name == task), None)
@@ -507,7 +514,7 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
                 if backend is None and _config_has_model(run_dir, model):
                     backend = _config_backend(run_dir, model)  # backends load their model lazily
                 if backend is not None:
-                    sampling = {**JANUS_SAMPLING, **(sampling or {})}
+                    sampling = {**JANUS_SAMPLING, **_config_sampling(run_dir, task, model), **(sampling or {})}
                     gen_hash = await generate_pool(pool_store, calls, backend, task, model, instances, n_max,
                                                    sampling, _config_seed(run_dir))
                     samples = collect_pool(pool_store, task, model, instances, gen_hash)
@@ -566,6 +573,22 @@ def _config_has_model(run_dir: Path, model: str) -> bool:
         return False
     raw = yaml.safe_load(cfg_path.read_text()) or {}
     return any(isinstance(m, dict) and m.get("name") == model for m in raw.get("models") or [])
+
+
+def _config_sampling(run_dir: Path, task: str, model: str) -> dict:
+    """Sampling settings the run config sets for this task (task options) and model (its ``generation``)."""
+    import yaml
+
+    cfg_path = run_dir / "config.yaml"
+    raw = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.exists() else {}
+    out: dict = {}
+    for t in raw.get("tasks") or []:
+        if isinstance(t, dict) and t.get("name") == task:
+            out.update((t.get("options") or {}).get("generation") or {})
+    for m in raw.get("models") or []:
+        if isinstance(m, dict) and m.get("name") == model:
+            out.update(m.get("generation") or {})
+    return {k: v for k, v in out.items() if k in JANUS_SAMPLING}
 
 
 def _config_seed(run_dir: Path) -> int | None:

@@ -26,7 +26,8 @@ def render_janus_mistral(messages: list[dict], add_generation_prompt: bool = Tru
             first_user = False
             out += f"[INST] {content} [/INST]"
         elif m["role"] == "assistant":
-            out += f"{m['content']}{eos}"
+            # JANUS writes the answer one space after [/INST] and closes it with EOS
+            out += f" {m['content']}{eos}"
     return out
 
 
@@ -37,11 +38,13 @@ def render_chat(tokenizer, messages: list[dict], template: str = "tokenizer",
                 add_generation_prompt: bool = True, continue_final_message: bool = False) -> str:
     """Render messages to the model's prompt string."""
     if template in NAMED_TEMPLATES:
-        text = NAMED_TEMPLATES[template](messages, add_generation_prompt=add_generation_prompt and not continue_final_message)
-        if continue_final_message and messages and messages[-1]["role"] == "assistant":
-            eos = "</s>"
-            if text.endswith(eos):
-                text = text[: -len(eos)]
+        # the tokenizer's own BOS/EOS strings (Mistral's are <s> and </s>)
+        bos = getattr(tokenizer, "bos_token", None) or "" if tokenizer is not None else "<s>"
+        eos = getattr(tokenizer, "eos_token", None) or "" if tokenizer is not None else "</s>"
+        text = NAMED_TEMPLATES[template](messages, add_generation_prompt=add_generation_prompt and not continue_final_message,
+                                         bos=bos, eos=eos)
+        if continue_final_message and messages and messages[-1]["role"] == "assistant" and eos and text.endswith(eos):
+            text = text[: -len(eos)]
         return text
     if template != "tokenizer":
         raise ValueError(f"unknown chat template '{template}'; known: tokenizer, {', '.join(NAMED_TEMPLATES)}")

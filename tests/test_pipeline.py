@@ -178,8 +178,9 @@ def test_demo_config_on_embedded_default(tmp_path, data_dir):
         pytest.skip("embedded model not prepared (harness models prepare)")
     out = tmp_path / "demo"
     cfg = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
-    cfg["tasks"][0]["limit"] = 2
-    cfg["models"][0]["generation"] = {"max_tokens": 24}
+    cfg["models"] = cfg["models"][:1]  # the base model (the SFT one is trained by `make demo`)
+    cfg["tasks"] = [{"name": "mt_bench", "limit": 2, "options": {"generation": {"max_tokens": 24}}}]
+    cfg.pop("out")
     p = tmp_path / "demo.yaml"
     p.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(p), "--out", str(out), "--data-dir", str(data_dir)]) == 0

@@ -235,7 +235,7 @@ def bench_run(tmp_path, data_dir):
                              + "\n" for k in range(3)))
     cfg = parse_config({
         "name": "bon", "data_dir": str(data_dir),
-        "models": [{"name": "m1", "backend": "rerank-writer", "model": "writer"}],
+        "models": [{"name": "m1", "backend": "rerank-writer", "model": "writer", "generation": {"max_tokens": 64}}],
         "judge": {"name": "j", "backend": "rerank-judge", "model": "judge"},
         "tasks": [{"name": "multifaceted_bench", "options": {"path": str(bench), "n_boot": 20},
                    "judge_options": {"runs": 1}}],
@@ -248,7 +248,7 @@ def bench_run(tmp_path, data_dir):
 def test_best_of_n_models_are_written_judged_and_ranked(bench_run, seq_cls_rm):
     from harness.calls import CallLayer
     from harness.pipeline import run_all
-    from harness.rerank import make_scorer, rerank
+    from harness.rerank import JANUS_SAMPLING, make_scorer, rerank
     from harness.rm_batching import score_one_at_a_time
     from harness.store import RunStore
     from trainer.reward_model import load_reward_model
@@ -266,6 +266,8 @@ def test_best_of_n_models_are_written_judged_and_ranked(bench_run, seq_cls_rm):
     store, pool = RunStore(run_dir), RunStore(run_dir / "candidates")
     cands = [c for c in pool.all("completion") if c.model == "m1"]
     assert len(cands) == 12 and sorted({c.sample_index for c in cands}) == [0, 1, 2, 3]
+    # JANUS sampling, with the run config's generation settings for the model on top
+    assert all(c.metadata["sampling"] == {**JANUS_SAMPLING, "max_tokens": 64} for c in cands)
     assert all(c.model != "m1" or c.sample_index == 0 for c in store.all("completion"))
     # recompute every reward independently and check each pick
     insts = {i.id: i for i in store.all("instance")}
@@ -419,9 +421,32 @@ def test_cli_and_clear_errors(tmp_path, data_dir, seq_cls_rm, capsys):
     assert rc == 2 and "--reward-model" in capsys.readouterr().err
 
 
-def test_multi_turn_instances_are_refused(tmp_path):
-    from harness.rerank import RerankError, _check_single_turn
+def test_multi_turn_instances_are_refused_before_sampling(tmp_path, seq_cls_rm):
+    import yaml
 
-    inst = Instance(task="mt_bench", id="81", turns=["a", "b"])
+    from harness.rerank import RerankError, make_scorer, rerank
+    from harness.store import RunStore
+
+    BACKENDS.register("rerank-writer", WriterBackend)
+    run_dir = tmp_path / "run"
+    store = RunStore(run_dir)
+    store.put(Instance(task="mt_bench", id="81", turns=["Write a blog post.", "Now rewrite it."]))
+    store.close()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"name": "mt", "models": [{"name": "m1", "backend": "rerank-writer", "model": "writer"}],
+         "tasks": ["mt_bench"]}))
     with pytest.raises(RerankError, match="single-turn"):
-        _check_single_turn([inst], "task mt_bench")
+        asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [2], model="m1"))
+    assert not RunStore(run_dir / "candidates").all("completion")
+
+
+def test_selection_ties_keep_the_lower_sample_index():
+    from harness.records import Completion
+    from harness.rerank import select_best
+
+    comps = {s: Completion(task="t", instance_id="i", model="m", texts=[f"c{s}"], sample_index=s) for s in range(4)}
+    rewards = {comps[0].key: 0.5, comps[1].key: 0.9, comps[2].key: 0.9, comps[3].key: None}
+    assert select_best(comps, rewards, 1)[0].sample_index == 0
+    best, reward, first_n = select_best(comps, rewards, 4)
+    assert best.sample_index == 1 and reward == 0.9 and set(first_n) == {0, 1, 2}  # unscored sample 3 left out
+    assert select_best(comps, {}, 4) is None

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob
-from harness.models import resolve_model_path
+from harness.models import looks_local, resolve_model_path
 from harness.templates import render_chat
 
 
@@ -24,7 +24,7 @@ class HFBackend(Backend):
         super().__init__(model, **options)
         self.path = resolve_model_path(model)
         # "org/name" may be a hub id (loaded when online); anything path-like must exist
-        if self.path.startswith((".", "/", "~")) and not Path(self.path).exists():
+        if looks_local(self.path) and not Path(self.path).exists():
             raise FileNotFoundError(f"model path does not exist: {self.path}")
         self.chat_template = chat_template
         self.dtype = dtype
