@@ -27,9 +27,19 @@ setup: $(VENV)/.installed
 models: setup
 	$(HARNESS) models prepare
 
+# The main job on the embedded default: train a small SFT model and a reward model, evaluate
+# base and SFT on a slice of every benchmark (SmolLM2 judging through a local endpoint), add
+# best-of-n models reranked by the reward model, judge them, and write the report.
 demo: models
+	test -f runs/train/demo-sft/harness_card.json || $(HARNESS) train sft --config configs/demo/sft.yaml
+	test -f runs/train/demo-rm/harness_card.json || $(HARNESS) train rm --config configs/demo/rm.yaml
 	$(HARNESS) run configs/demo.yaml
-	@echo "demo finished: see runs/demo/"
+	$(HARNESS) rerank --candidates runs/demo --task multifaceted_bench --model smollm2-135m \
+		--reward-model runs/train/demo-rm --label demo-rm --n 1,2,4 --max-tokens 128
+	$(HARNESS) run configs/demo.yaml
+	$(HARNESS) report runs/demo --out runs/demo/report --baseline smollm2-135m \
+		--best-of-n runs/demo/bestofn/smollm2-135m__demo-rm.csv
+	@echo "demo finished: report at runs/demo/report/report.html"
 
 test: models
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --ignore=tests/vllm_cpu

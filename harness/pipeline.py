@@ -6,7 +6,6 @@ free on the rerun.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -14,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -256,10 +254,15 @@ class Run:
             scores = self.store.all("score", task=task.name)
             ok_comps = [c for c in comps if c.status == "ok"]
             results[task.name] = task.aggregate(inst, ok_comps, judg, scores)
+            by_logprob = any(j.method == "logprob" for j in judg)
             for metrics in results[task.name].values():  # labels the reports read
                 for attr in ("primary_metric", "official_metrics", "lower_is_better"):
                     if hasattr(task, attr):
                         metrics.setdefault(attr, getattr(task, attr))
+                if by_logprob:
+                    # the aggregation is the official one, but a logprob-scored judge is not
+                    metrics["official_metrics"] = []
+                    metrics["judge_method"] = "logprob"
             write_jsonl(self.dir / "samples" / f"{task.name}.jsonl", task.per_sample(inst, ok_comps, judg, scores))
             failures[task.name] = {
                 "generation_errors": sum(c.status != "ok" for c in comps),

@@ -18,7 +18,6 @@ number can always be traced to the classifier that made it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.data import sha256_file
 from harness.backends.base import Backend, TransientError
 from harness.records import Completion, Score, stable_hash
 
@@ -40,14 +40,6 @@ log = logging.getLogger("harness.toxicity")
 
 #: Jigsaw label -> the standard attribute name (Detoxify's renaming)
 STANDARD_NAMES = {"toxic": "toxicity", "severe_toxic": "severe_toxicity", "identity_hate": "identity_attack"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_version(dist: str) -> str:
@@ -133,7 +125,7 @@ def fetch_toxic_comment_classifier(dest: str | Path | None = None) -> Path:
         if proc.returncode != 0 or not wheel.exists():
             raise ValueError(f"could not download toxic-comment-classifier=={TCC_VERSION} from PyPI: "
                              f"{proc.stderr.strip()[-300:]}")
-        if _sha256(wheel) != TCC_WHEEL_SHA256:
+        if sha256_file(wheel) != TCC_WHEEL_SHA256:
             raise ValueError(f"{wheel.name}: sha256 mismatch (expected {TCC_WHEEL_SHA256})")
         dest.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as zf:
@@ -197,7 +189,7 @@ class ToxicCommentClassifierScorer(ToxicityScorer):
 
         d = locate_toxic_comment_classifier(path, download=download)
         for fname, digest in TCC_FILES.items():
-            if _sha256(d / fname) != digest:
+            if sha256_file(d / fname) != digest:
                 raise ValueError(f"{d / fname}: sha256 does not match toxic-comment-classifier=={TCC_VERSION}")
         with open(d / "tokenizer.pickle", "rb") as f:
             self.tokenizer = _KerasTokenizerUnpickler(f).load()
@@ -262,7 +254,7 @@ def load_detoxify(variant: str = "original", checkpoint: str | Path | None = Non
         path = Path(checkpoint)
         if not path.is_file():
             raise ValueError(f"detoxify: checkpoint {path} does not exist")
-        ckpt_id = f"{path.name}@{_sha256(path)[:12]}"
+        ckpt_id = f"{path.name}@{sha256_file(path)[:12]}"
         try:
             loaded = torch.load(path, map_location=device, weights_only=not trust_checkpoint)
         except pickle.UnpicklingError as e:

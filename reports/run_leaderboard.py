@@ -17,7 +17,7 @@ HEADLINE = {"mt_bench": "score", "alpaca_eval": "win_rate", "arena_hard": "score
 
 
 def _fmt(v, floatfmt: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
         return format(v, floatfmt)
@@ -41,8 +41,11 @@ def run_leaderboard_frame(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
             r[f"{task}/{metric}"] = m.get(metric)
             if m.get(f"{metric}_lower") is not None:
                 r[f"{task}/ci"] = f"[{m[f'{metric}_lower']:.3f}, {m[f'{metric}_upper']:.3f}]"
-            r[f"{task}/n"] = m.get("n", m.get("n_prompts"))
-    return pd.DataFrame(list(rows.values()))
+            r[f"{task}/n"] = m.get("n", m.get("n_prompts", m.get("n_total")))
+    df = pd.DataFrame(list(rows.values()))
+    for col in [c for c in df.columns if c.endswith("/n")]:
+        df[col] = df[col].astype("Int64")  # counts stay integers next to missing cells
+    return df
 
 
 def write_run_leaderboard(run_dir: str | Path, results: dict) -> pd.DataFrame:

@@ -16,7 +16,6 @@ checks its sha256. There is never a silent fallback: a missing file is an error 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.data import sha256_file
 from harness.records import Completion, Instance, Judgment, Score
 from reports import alpaca_eval_metrics as M
 from tasks.base import GenerationSpec, Task
@@ -51,14 +51,6 @@ def resolve_data_dir(data_dir=None) -> Path:
     return default()
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_pinned(filename: str, cache_dir: str | None = None) -> Path:
     """Download ``filename`` from the HF dataset at the pinned revision and verify its sha256."""
     try:
@@ -71,7 +63,7 @@ def fetch_pinned(filename: str, cache_dir: str | None = None) -> Path:
             f"{filename}: could not download from HF dataset {HF_REPO}@{HF_REVISION[:12]} "
             f"({type(e).__name__}); pass a local copy with --{filename.split('.')[0].replace('_', '-')} PATH"
         ) from None
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != PINNED_SHA256[filename]:
         raise ValueError(f"{path}: sha256 {digest} does not match the pinned {PINNED_SHA256[filename]}")
     return path
@@ -421,7 +413,7 @@ class AlpacaEval(Task):
             notes.append("LC predicted with instruction difficulty reconstructed from arena-hard-auto's stored GLM "
                          "predictions (not the official instruction_difficulty.csv)")
         if diff_path is not None and diff_path.is_file():
-            digest = sha256_of(diff_path)
+            digest = sha256_file(diff_path)
             if digest != PINNED_SHA256["instruction_difficulty.csv"]:
                 notes.append(f"{diff_path}: not the official instruction_difficulty.csv (sha256 {digest[:12]}...); "
                              "predicted LC values use this file")

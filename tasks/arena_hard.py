@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from harness.jsonl import read_jsonl
 from harness.records import Completion, Instance, Judgment, Score
 from reports import arena_hard_metrics as AH
 from tasks.base import GenerationSpec, Task
@@ -32,19 +32,6 @@ def resolve_data_dir(data_dir=None) -> Path:
     from harness.data import data_dir as default
 
     return default()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg}); truncated file?") from None
-    return rows
 
 
 def read_questions(path: Path) -> list[dict]:

@@ -5,7 +5,7 @@ hands them records and takes records back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from harness.records import Completion, Instance, Judgment, Score

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness.data import require
+from harness.jsonl import read_jsonl
 from harness.records import Instance
 from judges.mt_bench_judge import NEED_REF_CATS
 from tasks.base import GenerationSpec, Task
@@ -22,24 +22,6 @@ from tasks.base import GenerationSpec, Task
 # FastChat gen_model_answer.py temperature per category
 CATEGORY_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
-
-
-def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            where = "truncated last line" if n == len(lines) else "invalid JSON"
-            raise ValueError(f"{path}:{n}: {where} ({e.msg})") from None
-        for f in required:
-            if f not in d:
-                raise ValueError(f"{path}:{n}: missing field '{f}'")
-        rows.append(d)
-    return rows
 
 
 def fastchat_single_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

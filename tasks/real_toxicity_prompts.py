@@ -10,13 +10,13 @@ Generated text is untrusted: nothing here prints it; the leaderboard prints numb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from harness.jsonl import read_jsonl
 from harness.records import Completion, Instance, Judgment, Score
 from reports import rtp_metrics
 from tasks.base import GenerationSpec, Task
@@ -39,23 +39,6 @@ LEADERBOARD_COLUMNS = ["model", "expected_max_toxicity", "expected_max_toxicity_
 def _default_data_dir() -> Path:
     env = os.environ.get("HARNESS_DATA_DIR")
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a bad line is one error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not valid JSON ({e.msg}); truncated file?") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {n}: expected a JSON object")
-            rows.append(row)
-    return rows
 
 
 class RealToxicityPrompts(Task):
@@ -116,7 +99,7 @@ class RealToxicityPrompts(Task):
         for n, row in enumerate(read_jsonl(path), 1):
             prompt = row.get("prompt")
             if not isinstance(prompt, dict) or not isinstance(prompt.get("text"), str):
-                raise ValueError(f"{path} line {n}: missing field 'prompt.text'")
+                raise ValueError(f"{path}: line {n}: missing field 'prompt.text'")
             tox = prompt.get("toxicity")
             challenging = bool(row.get("challenging", False))
             if subset == "challenging" and not challenging:
@@ -237,16 +220,16 @@ class RealToxicityPrompts(Task):
         for n, row in enumerate(read_jsonl(path), 1):
             gens = row.get("generations")
             if not isinstance(gens, list):
-                raise ValueError(f"{path} line {n}: missing field 'generations' (a list)")
+                raise ValueError(f"{path}: line {n}: missing field 'generations' (a list)")
             model = name or row.get("model") or default
             tox, texts = models.setdefault(str(model), ([], []))
             t_row, x_row = [], []
             for j, g in enumerate(gens):
                 if not isinstance(g, dict) or "text" not in g or "toxicity" not in g:
-                    raise ValueError(f"{path} line {n}: generations[{j}] needs fields 'text' and 'toxicity'")
+                    raise ValueError(f"{path}: line {n}: generations[{j}] needs fields 'text' and 'toxicity'")
                 t = g["toxicity"]
                 if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
-                    raise ValueError(f"{path} line {n}: generations[{j}].toxicity must be a number or null")
+                    raise ValueError(f"{path}: line {n}: generations[{j}].toxicity must be a number or null")
                 t_row.append(t)
                 x_row.append(g["text"])
             tox.append(t_row)

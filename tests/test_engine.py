@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from harness.backends.base import GenRequest
 from harness.backends.openai_backend import OpenAIBackend

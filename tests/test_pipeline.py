@@ -151,7 +151,7 @@ def test_bad_question_file_nothing_written(tmp_path, data_dir, capsys):
     cfg.write_text(yaml.safe_dump(raw))
     code = main(["run", str(cfg), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 2 and "question.jsonl:1: missing field 'turns'" in err
+    assert code == 2 and "question.jsonl: line 1: missing field 'turns'" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -126,7 +126,7 @@ def test_leaderboard_rejects_bad_files(tmp_path):
     truncated = tmp_path / "prompted_gens_x.jsonl"
     truncated.write_text('{"prompt": {"text": "a"}, "generations": [{"text": " b", "toxicity": 0.1}]}\n'
                          '{"prompt": {"text": "a"}, "generations": [{"text": " b", "tox')
-    with pytest.raises(ValueError, match=r"prompted_gens_x.jsonl line 2"):
+    with pytest.raises(ValueError, match=r"prompted_gens_x.jsonl: line 2 is not valid JSON"):
         _leaderboard(["--generations", str(truncated)])
     bad = tmp_path / "prompted_gens_y.jsonl"
     bad.write_text('{"prompt": {"text": "a"}, "generations": [{"text": " b", "toxicity": "high"}]}\n')

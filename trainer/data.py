@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.jsonl import read_jsonl
+
 SFT = "sft"
 PAIR = "pair"
 KIND_FIELDS = {SFT: ("instruction", "output"), PAIR: ("instruction", "chosen", "rejected")}
@@ -98,26 +100,10 @@ class DataReport:
 # ----------------------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); the file may be truncated") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {n} is not a JSON object")
-            rows.append(obj)
-    return rows
-
-
 def _read_file(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path)
+        return read_jsonl(path, error=DataError)
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

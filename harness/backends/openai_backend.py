@@ -28,7 +28,8 @@ class OpenAIBackend(Backend):
         import openai
 
         # httpx logs every request at INFO; a judge run makes thousands
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        for name in ("httpx", "httpx2"):  # openai ships its own httpx fork as httpx2
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.base_url = base_url
         self.rps = rps
         self.supports_n = supports_n
@@ -66,7 +67,7 @@ class OpenAIBackend(Backend):
             else:
                 results = await self._completion(r0, n)
         except self._openai.RateLimitError as e:
-            raise TransientError(f"429 rate limited", retry_after=_retry_after(e)) from e
+            raise TransientError("429 rate limited", retry_after=_retry_after(e)) from e
         except self._openai.APIStatusError as e:
             if e.status_code >= 500 or e.status_code in (408, 409):
                 raise TransientError(f"HTTP {e.status_code}", retry_after=_retry_after(e)) from e

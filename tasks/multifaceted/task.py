@@ -25,6 +25,9 @@ from tasks.multifaceted.release import HUB_NAME, load_instances
 class MultifacetedBench(Task):
     name = "multifaceted_bench"
     default_judge = "multifaceted_rubric"
+    primary_metric = "score"
+    # JANUS's evaluation: mean over rubrics and judge runs (given a text-grading judge)
+    official_metrics = ["score"]
 
     def load(self) -> list[Instance]:
         source = self.options.get("path") or self.options.get("hub", HUB_NAME)
