@@ -24,19 +24,20 @@ sys.path.insert(0, str(REPO))
 SERVER = """
 import sys, uvicorn
 from harness.serve import build_app, Faults
-from harness.fake import ScriptedBackend
-uvicorn.run(build_app(ScriptedBackend(), "judge", Faults(latency_s=float(sys.argv[2]))),
+from harness.fake import ScriptedBackend, judge_like_answer
+answer = judge_like_answer if sys.argv[3] == "rating" else (lambda r: "Feedback: adequate. [RESULT] 3")
+uvicorn.run(build_app(ScriptedBackend(answer=answer), "judge", Faults(latency_s=float(sys.argv[2]))),
             host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 """
 
 
-def start_server(latency: float):
+def start_server(latency: float, answer: str = "rating"):
     import httpx
 
     from harness.serve import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(latency)], cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(latency), answer], cwd=REPO)
     for _ in range(200):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
