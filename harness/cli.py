@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     bb.set_defaults(fn=cmd_bench)
 
     # commands owned by other packages register themselves; a missing extra hides them
-    for module in ("trainer.cli", "reports.report", "harness.rerank", "harness.sharding", "harness.batch_api"):
+    for module in ("trainer.cli", "reports.report", "harness.rerank", "harness.sharding", "harness.batch_api",
+                   "harness.export"):
         with contextlib.suppress(ImportError):
             importlib.import_module(module).register(sub)
     return p

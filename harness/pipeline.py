@@ -99,12 +99,14 @@ class Run:
             if not active:
                 break
             reqs = [self._gen_request(task, spec, i, s, answers[(i.id, s)], t) for i, s in active]
-            results = await self.calls.run(backend, reqs)
-            for (inst, s), res in zip(active, results):
+
+            def on_result(j: int, res, active=active, t=t) -> None:
+                # stored as each answer arrives: a crash loses only the calls in flight
+                inst, s = active[j]
                 m = meta[(inst.id, s)]
                 if res.error:
                     m["err"] = res.error
-                    continue
+                    return
                 answers[(inst.id, s)].append(res.text)
                 m["finish"].append(res.finish_reason)
                 m["pt"] += res.prompt_tokens
@@ -112,6 +114,8 @@ class Run:
                 m["lat"] += res.latency_s
                 if t == len(inst.turns) - 1 or not spec.chat:
                     self.store.put(self._completion(task, mcfg, inst, s, gen_hash, answers, m, backend))
+
+            await self.calls.run(backend, reqs, on_result=on_result)
         for inst, s in todo:  # failures are stored too, so the summary can count them
             m = meta[(inst.id, s)]
             if m["err"] is not None:

@@ -281,7 +281,9 @@ class ArenaHard(Task):
     # -- file leaderboard
     @classmethod
     def add_leaderboard_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--judgments", required=True, help="model_judgment/<judge> directory of *.jsonl files")
+        parser.add_argument("--judgments", required=True, nargs="+",
+                            help="model_judgment/<judge> directories of *.jsonl files (published and/or "
+                                 "exported by `harness export`); a model may appear in one of them only")
         parser.add_argument("--answers", default=None, help="model_answer directory (adds avg_tokens)")
         parser.add_argument("--file-order", default=None,
                             help="file listing the judgment file names in the order to read them "
@@ -298,7 +300,14 @@ class ArenaHard(Task):
     def leaderboard_table(cls, args) -> tuple[pd.DataFrame, list[str], str]:
         if args.rounds < 1:
             raise ValueError("--rounds must be at least 1")
-        files = judgment_files(Path(args.judgments), Path(args.file_order) if args.file_order else None)
+        dirs = args.judgments if isinstance(args.judgments, list) else [args.judgments]
+        if args.file_order and len(dirs) > 1:
+            raise ValueError("--file-order applies to a single --judgments directory")
+        files = [f for d in dirs for f in judgment_files(Path(d), Path(args.file_order) if args.file_order else None)]
+        names = [Path(f).name for f in files]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"judgment file(s) {dup} appear in more than one --judgments directory")
         rows = read_judgments(files, args.baseline)
         table, notes = score_table(rows, args.baseline, args.rounds, weight=args.weight,
                                    first_game_only=args.first_game_only, clustered_rounds=args.clustered_rounds)
