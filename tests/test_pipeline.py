@@ -89,8 +89,10 @@ def test_rerun_of_finished_run_sends_nothing(tmp_path, data_dir, capsys):
 
 
 def test_faulty_judge_server_run_completes_and_counts_failures(tmp_path, data_dir, capsys):
+    # random faults, plus question 81 (the Hawaii travel blog) failing every time: both its turns'
+    # judge calls exhaust their retries whatever the arrival order
     faults = Faults(rate_429=0.1, rate_500=0.1, rate_malformed=0.1, rate_timeout=0.05, timeout_sleep_s=1.2,
-                    seed=5)
+                    always_fail_marker="Hawaii", seed=5)
     app = build_app(ScriptedBackend(), "judge", faults)
     with ServerThread(app) as srv:
         os.environ["HARNESS_TEST_KEY"] = "x"
@@ -102,7 +104,7 @@ def test_faulty_judge_server_run_completes_and_counts_failures(tmp_path, data_di
     stored = judgments(tmp_path / "run")
     assert len(stored) == 20
     assert failed == sum(s == "error" for _, s in stored) and failed == res["calls"]["failed"]
-    assert failed > 0  # with one retry some requests exhaust it, and are recorded as such
+    assert failed >= 2  # requests that exhausted their one retry are recorded as such
     out = capsys.readouterr().out
     assert f"{failed} judge errors" in out
 
