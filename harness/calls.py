@@ -155,7 +155,8 @@ class CallLayer:
         if result_cls is None:
             from harness.backends.base import GenResult as result_cls  # noqa: N813
         stats = CallStats(requests=len(requests))
-        keys = [r.cache_key(backend.model_id) for r in requests]
+        model_id = backend.model_id
+        keys = [r.cache_key(model_id) for r in requests]
         hits = self.cache.get_many(keys)
         results: list[Any] = [None] * len(requests)
         misses: list[int] = []
@@ -175,7 +176,7 @@ class CallLayer:
         sem = asyncio.Semaphore(conc)
         limiter = self._limiter(backend)
         timeout = None if getattr(backend, "local", False) else self.settings.timeout_s
-        price = _price(self.settings.prices, backend.model_id, getattr(backend, "model", ""))
+        price = _price(self.settings.prices, model_id, getattr(backend, "model", ""))
         progress = None
         if self.settings.progress and batches:
             from tqdm import tqdm
@@ -217,7 +218,7 @@ class CallLayer:
                     if price:
                         res.cost = (getattr(res, "prompt_tokens", 0) * price.get("prompt", 0.0)
                                     + getattr(res, "completion_tokens", 0) * price.get("completion", 0.0)) / 1e6
-                    to_cache.append((keys[i], backend.model_id, res.to_dict()))
+                    to_cache.append((keys[i], model_id, res.to_dict()))
                     stats.prompt_tokens += getattr(res, "prompt_tokens", 0)
                     stats.completion_tokens += getattr(res, "completion_tokens", 0)
                     stats.cost += getattr(res, "cost", 0.0)

@@ -34,30 +34,20 @@ class HFBackend(Backend):
         self.threads = threads
         self._model = None
         self._tok = None
+        self._fingerprint: str | None = None
         self._lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
         # the weights identify the model, not the directory it was loaded from
-        return f"hf:{self._fingerprint()}:{self.chat_template}"
+        return f"hf:{self.fingerprint}:{self.chat_template}"
 
-    def _fingerprint(self) -> str:
-        p = Path(self.path)
-        if not p.exists():
-            return self.path
-        h = hashlib.sha256()
-        for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}".encode())
-            if f.suffix == ".json":
-                h.update(f.read_bytes())
-        # weights: size plus first/last MiB keeps this fast for multi-GB files
-        for f in sorted(p.glob("*.safetensors")):
-            with open(f, "rb") as fh:
-                h.update(fh.read(1 << 20))
-                fh.seek(max(0, f.stat().st_size - (1 << 20)))
-                h.update(fh.read())
-        return f"{p.name}-{h.hexdigest()[:12]}"
+    @property
+    def fingerprint(self) -> str:
+        # computed once: model_id is read for every request the call layer sees
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.path)
+        return self._fingerprint
 
     def load(self):
         with self._lock:
@@ -166,6 +156,26 @@ class HFBackend(Backend):
                                      prompt_tokens=int(enc["attention_mask"][b].sum()), completion_tokens=n,
                                      logprobs=lps, latency_s=latency / len(reqs)))
         return results
+
+
+def weights_fingerprint(path: str) -> str:
+    """``<dir name>-<hash>`` of a model directory's configs and weights (hub ids: the id)."""
+    p = Path(path)
+    if not p.exists():
+        return path
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}".encode())
+        if f.suffix == ".json":
+            h.update(f.read_bytes())
+    # weights: size plus first/last MiB keeps this fast for multi-GB files
+    for f in sorted(p.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, f.stat().st_size - (1 << 20)))
+            h.update(fh.read())
+    return f"{p.name}-{h.hexdigest()[:12]}"
 
 
 def _as_list(x) -> list:

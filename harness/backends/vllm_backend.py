@@ -52,15 +52,18 @@ class VLLMBackend(Backend):
         self.trust_remote_code = trust_remote_code
         self._llm = None
         self._tok = None
+        self._fingerprint: str | None = None
         self._lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
-        from harness.backends.hf import HFBackend
+        from harness.backends.hf import weights_fingerprint
 
-        # same weight fingerprint as the hf backend; dtype is part of it because
-        # bfloat16 and float32 engines may decode differently
-        return f"vllm:{HFBackend._fingerprint(self)}:{self.chat_template}:{self.dtype}"
+        # same weight fingerprint as the hf backend (computed once); dtype is part of it
+        # because bfloat16 and float32 engines may decode differently
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.path)
+        return f"vllm:{self._fingerprint}:{self.chat_template}:{self.dtype}"
 
     def load(self):
         with self._lock:
