@@ -364,15 +364,10 @@ def register(subparsers) -> None:
 
 
 def _cmd_batch(args) -> int:
-    from harness.config import load_config
+    from harness.config import apply_overrides, load_config, run_dir
 
-    cfg = load_config(args.config)
-    if args.limit:
-        for t in cfg.tasks:
-            t.limit = args.limit if t.limit is None else min(t.limit, args.limit)
-    if args.data_dir:
-        cfg.data_dir = args.data_dir
-    out = Path(args.out or cfg.out or Path("runs") / cfg.name)
+    cfg = apply_overrides(load_config(args.config), args.limit, args.data_dir)
+    out = run_dir(cfg, args.out)
     report = asyncio.run(batch_judge(cfg, out, wait=not args.no_wait, poll_interval_s=args.poll_interval))
     print(json.dumps(report.to_dict()))
     if report.pending:

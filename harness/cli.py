@@ -20,19 +20,15 @@ EPILOG = "Run `harness <command> --help` for the options of each command."
 
 
 def _load_cfg(args):
-    from harness.config import load_config
+    from harness.config import apply_overrides, load_config
 
-    cfg = load_config(args.config)
-    if getattr(args, "limit", None):
-        for t in cfg.tasks:
-            t.limit = args.limit if t.limit is None else min(t.limit, args.limit)
-    if getattr(args, "data_dir", None):
-        cfg.data_dir = args.data_dir
-    return cfg
+    return apply_overrides(load_config(args.config), getattr(args, "limit", None), getattr(args, "data_dir", None))
 
 
 def _out_dir(args, cfg) -> Path:
-    return Path(args.out or cfg.out or Path("runs") / cfg.name)
+    from harness.config import run_dir
+
+    return run_dir(cfg, args.out)
 
 
 def _print_summary(out: Path, result: dict) -> None:
@@ -108,7 +104,7 @@ def cmd_data(args) -> int:
             pulled = data.download(args.dest, args.datasets or None)
         print(f"pulled and verified: {', '.join(pulled) or '(nothing)'} -> {args.dest or data.data_dir()}")
     elif args.data_cmd == "verify":
-        root = Path(args.dest) if args.dest else data.data_dir()
+        root = data.data_dir(args.dest)
         problems = [p for d in sorted(root.iterdir()) if d.is_dir() for p in data.verify_dir(d)]
         for p in problems:
             print(p)

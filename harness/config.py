@@ -145,6 +145,21 @@ def _check_model_path(m: ModelConfig, where: str) -> None:
             raise ConfigError(f"{where}: model path does not exist: {p}")
 
 
+def apply_overrides(cfg: RunConfig, limit: int | None = None, data_dir: str | None = None) -> RunConfig:
+    """CLI flags over the file: ``--limit`` caps every task's limit, ``--data-dir`` replaces the data dir."""
+    if limit:
+        for t in cfg.tasks:
+            t.limit = limit if t.limit is None else min(t.limit, limit)
+    if data_dir:
+        cfg.data_dir = data_dir
+    return cfg
+
+
+def run_dir(cfg: RunConfig, out: str | None = None) -> Path:
+    """The run directory: ``--out``, else the config's ``out``, else ``runs/<name>``."""
+    return Path(out or cfg.out or Path("runs") / cfg.name)
+
+
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.exists():

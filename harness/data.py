@@ -14,7 +14,10 @@ DATASETS = ["mt_bench", "alpaca_eval_2", "arena_hard_v0.1", "flask", "koala", "s
             "realtoxicityprompts", "oracles"]
 
 
-def data_dir() -> Path:
+def data_dir(override: str | Path | None = None) -> Path:
+    """``override`` (a config's or flag's data_dir), else ``$HARNESS_DATA_DIR``, else the user cache."""
+    if override:
+        return Path(override)
     env = os.environ.get("HARNESS_DATA_DIR")
     if env:
         return Path(env)
@@ -51,7 +54,7 @@ def verify_dir(folder: Path) -> list[str]:
 
 def pull(source: str | Path, dest: str | Path | None = None, datasets: list[str] | None = None) -> list[str]:
     """Copy datasets from a local mirror and verify them. Returns the folders pulled."""
-    src, dst = Path(source), Path(dest) if dest else data_dir()
+    src, dst = Path(source), data_dir(dest)
     if not src.exists():
         raise FileNotFoundError(f"{src}: mirror directory not found")
     pulled = []
@@ -84,7 +87,7 @@ def download(dest: str | Path | None = None, datasets: list[str] | None = None, 
     import yaml
 
     sources = yaml.safe_load((Path(__file__).parent / "data_sources.yaml").read_text())
-    dst = Path(dest) if dest else data_dir()
+    dst = data_dir(dest)
     pulled = []
     for name, files in sources.items():
         if datasets and name not in datasets:

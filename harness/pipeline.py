@@ -60,9 +60,10 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.store = RunStore(self.dir)
         self.calls = CallLayer(self.dir / "cache.sqlite", CallSettings.from_dict(cfg.calls))
-        self.data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+        self.data_dir = default_data_dir(cfg.data_dir)
         self.summary: dict = {"generation": {}, "judging": {}}
         self._servers: list = []
+        self._backends: dict[int, object] = {}  # per model config: one load per run, not per task
         atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(self.dir / "environment.json", json.dumps(environment(), indent=2))
 
@@ -234,6 +235,8 @@ class Run:
                           logprobs=call.want_logprobs, top_logprobs=call.top_logprobs if call.want_logprobs else 0)
 
     def _backend(self, mcfg: ModelConfig):
+        if id(mcfg) in self._backends:
+            return self._backends[id(mcfg)]
         if mcfg.serve is not None and not mcfg.base_url:
             from harness.serve import start_server_process
 
@@ -244,7 +247,8 @@ class Run:
                                              log_path=str(self.dir / "serve.log"))
             self._servers.append(proc)
             mcfg.base_url = url
-        return make_backend(mcfg)
+        self._backends[id(mcfg)] = make_backend(mcfg)
+        return self._backends[id(mcfg)]
 
     # -- aggregate
     def aggregate(self, tasks: list[TaskConfig]) -> dict:
@@ -321,7 +325,7 @@ def estimate(cfg: RunConfig) -> dict:
     from harness.calls import _price
 
     settings = CallSettings.from_dict(cfg.calls)
-    data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+    data = default_data_dir(cfg.data_dir)
     rows, total = [], 0.0
     for tcfg in cfg.tasks:
         task = TASKS.get(tcfg.name)(options=tcfg.options, data_dir=data)
@@ -354,7 +358,7 @@ def estimate(cfg: RunConfig) -> dict:
 async def run_all(cfg: RunConfig, out_dir: str | Path, steps=("build", "generate", "judge", "aggregate"),
                   models: list[str] | None = None) -> dict:
     # read and validate every task's data before creating anything on disk
-    data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+    data = default_data_dir(cfg.data_dir)
     loaded = {t.name: load_instances(t, data) for t in cfg.tasks} if "build" in steps else {}
     run = Run(cfg, out_dir)
     try:

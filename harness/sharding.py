@@ -111,7 +111,7 @@ async def run_shard(cfg: RunConfig, out: str | Path, index: int, count: int,
     bad = set(steps) - set(STEPS)
     if bad:
         raise ShardError(f"shard: unknown step(s) {sorted(bad)}; a shard runs {list(STEPS)}, merge aggregates")
-    data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+    data = default_data_dir(cfg.data_dir)
     # load (and validate) all tasks before anything is written
     loaded = {t.name: load_instances(t, data) for t in cfg.tasks}
     parts = {name: select(insts, index, count) for name, insts in loaded.items()}
@@ -317,15 +317,9 @@ def register(subparsers) -> None:
 
 
 def _load(args) -> RunConfig:
-    from harness.config import load_config
+    from harness.config import apply_overrides, load_config
 
-    cfg = load_config(args.config)
-    if args.limit:
-        for t in cfg.tasks:
-            t.limit = args.limit if t.limit is None else min(t.limit, args.limit)
-    if args.data_dir:
-        cfg.data_dir = args.data_dir
-    return cfg
+    return apply_overrides(load_config(args.config), args.limit, args.data_dir)
 
 
 def _cmd_run(args) -> int:
