@@ -15,11 +15,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup models demo test test-fast test-vllm bench clean
 
+# wheels only (the project itself aside): a dependency without a wheel fails the install at
+# once instead of compiling from source for minutes (tests/test_install.py checks the same)
+PIP_INSTALL := $(VENV)/bin/pip install -q --only-binary=:all:
+
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first, pinned: the CPU build on this machine's disk (a bare `torch` pulls CUDA)
-	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e ".[all,dev]"
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e ".[all,dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -31,8 +35,8 @@ models: setup
 # base and SFT on a slice of every benchmark (SmolLM2 judging through a local endpoint), add
 # best-of-n models reranked by the reward model, judge them, and write the report.
 demo: models
-	test -f runs/train/demo-sft/harness_card.json || $(HARNESS) train sft --config configs/demo/sft.yaml
-	test -f runs/train/demo-rm/harness_card.json || $(HARNESS) train rm --config configs/demo/rm.yaml
+	$(HARNESS) train sft --config configs/demo/sft.yaml --skip-if-complete
+	$(HARNESS) train rm --config configs/demo/rm.yaml --skip-if-complete
 	$(HARNESS) run configs/demo.yaml
 	$(HARNESS) rerank --candidates runs/demo --task multifaceted_bench --model smollm2-135m \
 		--reward-model runs/train/demo-rm --label demo-rm --n 1,2,4 --max-tokens 128

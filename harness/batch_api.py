@@ -304,7 +304,7 @@ class _Recorder:
         self.requests: list[GenRequest] = []
         self.backend = None
 
-    async def run_parsed(self, backend, requests, parse, on_final=None):
+    async def run_parsed(self, backend, requests, parse, on_final=None, reask=None):
         self.backend = backend
         self.requests += list(requests)
         return []

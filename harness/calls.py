@@ -8,6 +8,7 @@ into a dict and back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,8 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from harness.backends.base import TransientError
+from harness.redact import redact
+from harness.store import StoreError
 
 log = logging.getLogger("harness.calls")
 
@@ -47,13 +50,66 @@ class CallSettings:
     progress: bool = False
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "CallSettings":
+    def from_dict(cls, d: dict | None, where: str = "calls") -> "CallSettings":
+        """Typed and range-checked; an error names the field (``calls.rps: ...``)."""
+        if d is not None and not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"calls: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+            raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+        for name, (kind, lo, optional) in _CHECKS.items():
+            if name in d:
+                d[name] = _checked(d[name], kind, lo, optional, f"{where}.{name}")
+        if "prices" in d:
+            d["prices"] = _checked_prices(d["prices"], f"{where}.prices")
         return cls(**d)
+
+
+# field -> (type, exclusive lower bound or inclusive minimum, may be null)
+_CHECKS = {
+    "concurrency": (int, ("min", 1), True),
+    "rps": (float, ("gt", 0), True),
+    "max_retries": (int, ("min", 0), False),
+    "timeout_s": (float, ("gt", 0), True),
+    "backoff_base_s": (float, ("min", 0), False),
+    "backoff_max_s": (float, ("min", 0), False),
+    "parse_retries": (int, ("min", 0), False),
+    "reask_temperature": (float, ("min", 0), False),
+    "max_cost": (float, ("min", 0), True),
+    "progress": (bool, None, False),
+}
+
+
+def _checked(v, kind, bound, optional: bool, where: str):
+    if v is None and optional:
+        return None
+    numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind is bool:
+        if not isinstance(v, bool):
+            raise ValueError(f"{where}: must be true or false, got {v!r}")
+        return v
+    if kind is int and not (numeric and float(v).is_integer()):
+        raise ValueError(f"{where}: must be an integer, got {v!r}")
+    if kind is float and not numeric:
+        raise ValueError(f"{where}: must be a number, got {v!r}")
+    v = kind(v)
+    op, lo = bound
+    if (op == "gt" and not v > lo) or (op == "min" and v < lo):
+        raise ValueError(f"{where}: must be {'>' if op == 'gt' else '>='} {lo}, got {v!r}")
+    return v
+
+
+def _checked_prices(prices, where: str) -> dict:
+    if not isinstance(prices, dict):
+        raise ValueError(f"{where}: expected a mapping model -> {{prompt, completion}}")
+    for model, p in prices.items():
+        if not isinstance(p, dict) or set(p) - {"prompt", "completion"}:
+            raise ValueError(f"{where}.{model}: expected {{prompt: $/1M tokens, completion: $/1M tokens}}")
+        for k, v in p.items():
+            _checked(v, float, ("min", 0), False, f"{where}.{model}.{k}")
+    return prices
 
 
 @dataclass
@@ -80,12 +136,16 @@ class CallCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, model TEXT, data TEXT, created REAL)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, model TEXT, data TEXT, "
+                             "created REAL)")
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"{self.path}: cannot open the call cache: {e}") from None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
@@ -104,9 +164,14 @@ class CallCache:
         now = time.time()
         rows = [(k, m, json.dumps(d, ensure_ascii=False), now) for k, m, d in items]
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", rows)
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: cannot write the call cache: {e}") from None
 
     def __len__(self) -> int:
         with self._lock:
@@ -127,6 +192,8 @@ class CallLayer:
     def __init__(self, cache_path: str | Path, settings: CallSettings | None = None):
         self.settings = settings or CallSettings()
         self.cache = CallCache(cache_path)
+        # values that must never reach a record or the cache (API keys of the backends used)
+        self.secrets: list[str] = []
         self.stats = CallStats()
         self._limiters: dict[str, AsyncLimiter] = {}
 
@@ -155,6 +222,9 @@ class CallLayer:
         if result_cls is None:
             from harness.backends.base import GenResult as result_cls  # noqa: N813
         stats = CallStats(requests=len(requests))
+        for secret in getattr(backend, "secrets", ()):
+            if secret not in self.secrets:
+                self.secrets.append(secret)
         model_id = backend.model_id
         keys = [r.cache_key(model_id) for r in requests]
         hits = self.cache.get_many(keys)
@@ -171,7 +241,11 @@ class CallLayer:
             else:
                 misses.append(i)
 
-        batches = self._batches(backend, requests, misses)
+        # identical requests (same cache key) are one call with one answer, shared by all copies
+        copies: dict[str, list[int]] = {}
+        for i in misses:
+            copies.setdefault(keys[i], []).append(i)
+        batches = self._batches(backend, requests, [group[0] for group in copies.values()])
         conc = self.settings.concurrency or getattr(backend, "default_concurrency", 1)
         sem = asyncio.Semaphore(conc)
         limiter = self._limiter(backend)
@@ -210,8 +284,8 @@ class CallLayer:
                     err = f"{type(e).__name__}: {e}"
                     outs = None
             if outs is None:
-                outs = [result_cls(error=err) for _ in batch]
-                stats.failed += len(batch)
+                outs = [result_cls(error=redact(err, self.secrets)) for _ in batch]
+                stats.failed += sum(len(copies[keys[i]]) for i in batch)
             to_cache = []
             for i, res in zip(batch, outs):
                 if res.error is None:
@@ -222,13 +296,15 @@ class CallLayer:
                     stats.prompt_tokens += getattr(res, "prompt_tokens", 0)
                     stats.completion_tokens += getattr(res, "completion_tokens", 0)
                     stats.cost += getattr(res, "cost", 0.0)
-                results[i] = res
+                for j in copies[keys[i]]:
+                    results[j] = res
             self.cache.put_many(to_cache)
-            for i, res in zip(batch, outs):
-                if on_result:
-                    on_result(i, res)
+            for i in batch:
+                for j in copies[keys[i]]:
+                    if on_result:
+                        on_result(j, results[j])
             if progress is not None:
-                progress.update(len(batch))
+                progress.update(sum(len(copies[keys[i]]) for i in batch))
                 if stats.cost:
                     progress.set_postfix(cost=f"${self.stats.cost + stats.cost:.4f}")
 
@@ -243,24 +319,35 @@ class CallLayer:
     def _batches(self, backend, requests, misses: list[int]) -> list[list[int]]:
         """Group cache misses into backend calls."""
         if getattr(backend, "supports_n", False):
+            # distinct sample indices of one request: one n>1 call, choice k -> k-th smallest index
             groups: dict[str, list[int]] = {}
             for i in misses:
                 groups.setdefault(requests[i].group_key(), []).append(i)
-            return list(groups.values())
+            return [sorted(g, key=lambda i: requests[i].sample_index) for g in groups.values()]
         size = max(1, getattr(backend, "max_batch", 1))
         if size > 1 and hasattr(backend, "sort_key"):
             # similar lengths together: less padding, same results (rows are independent)
             misses = sorted(misses, key=lambda i: backend.sort_key(requests[i]))
         return [misses[j:j + size] for j in range(0, len(misses), size)]
 
+    def reask_same(self, req):
+        """The generic re-ask after a parse failure: the same prompt as a new call (``attempt``
+        is part of the cache key); a greedy request is re-asked at ``reask_temperature``."""
+        changes = {"attempt": req.attempt + 1}
+        if getattr(req, "temperature", None) == 0.0:
+            changes["temperature"] = self.settings.reask_temperature
+        return dataclasses.replace(req, **changes)
+
     async def run_parsed(self, backend, requests: Sequence[Any], parse: Callable[[Any, int], Any],
-                         on_final: Callable[[int, Any, Any, int], None] | None = None):
+                         on_final: Callable[[int, Any, Any, int], None] | None = None,
+                         reask: Callable[[int, Any, Any, Any], Any] | None = None):
         """Run, parse, and re-ask parse failures up to ``parse_retries`` times.
 
         ``parse(result, index)`` returns an object with ``ok``. Returns a list of
-        (result, parsed, attempts). Re-asks carry ``attempt`` in their cache key; a
-        greedy request is re-asked at ``reask_temperature``.
+        (result, parsed, attempts). ``reask(index, request, result, parsed)`` gives the next
+        request after a parse failure, or None to stop there; by default :meth:`reask_same`.
         """
+        reask = reask or (lambda i, req, res, parsed: self.reask_same(req))
         final: list[Any] = [None] * len(requests)
         pending = list(range(len(requests)))
         current = list(requests)
@@ -275,13 +362,11 @@ class CallLayer:
                 i = pending[j]
                 parsed = parse(res, i) if res.error is None else None
                 if res.error is None and not parsed.ok and not last:
-                    req = current[i]
-                    changes = {"attempt": attempt + 1}
-                    if getattr(req, "temperature", None) == 0.0:
-                        changes["temperature"] = self.settings.reask_temperature
-                    current[i] = dataclasses.replace(req, **changes)
-                    retry.append(i)
-                    return
+                    nxt = reask(i, current[i], res, parsed)
+                    if nxt is not None:
+                        current[i] = nxt
+                        retry.append(i)
+                        return
                 final[i] = (res, parsed, attempt + 1)
                 if on_final:
                     on_final(i, res, parsed, attempt + 1)

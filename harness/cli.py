@@ -31,12 +31,13 @@ def _out_dir(args, cfg) -> Path:
     return run_dir(cfg, args.out)
 
 
-def _print_summary(out: Path, result: dict) -> None:
+def _print_summary(out: Path, result: dict, aggregated: bool) -> None:
     calls = result.get("calls", {})
     print(f"run directory: {out}")
-    print(f"  results:     {out / 'results.json'}")
-    print(f"  leaderboard: {out / 'leaderboard.md'} (and .csv)")
-    print(f"  samples:     {out / 'samples'}/")
+    if aggregated:  # a generate-only step writes records, not these files
+        print(f"  results:     {out / 'results.json'}")
+        print(f"  leaderboard: {out / 'leaderboard.md'} (and .csv)")
+        print(f"  samples:     {out / 'samples'}/")
     print(f"calls: {calls.get('requests', 0)} requests, {calls.get('cached', 0)} from cache, "
           f"{calls.get('sent', 0)} sent, {calls.get('retries', 0)} retries, {calls.get('failed', 0)} failed, "
           f"cost ${calls.get('cost', 0.0):.4f}")
@@ -45,13 +46,13 @@ def _print_summary(out: Path, result: dict) -> None:
             print(f"  {task}: {f['generation_errors']} generation errors, {f['judge_errors']} judge errors, "
                   f"{f['judge_parse_failures']} judge parse failures, {f.get('score_nulls', 0)} null scores")
     lb = out / "leaderboard.md"
-    if lb.exists():
+    if aggregated and lb.exists():
         print(lb.read_text())
 
 
 def cmd_run(args, steps=("build", "generate", "judge", "aggregate")) -> int:
     from harness.calls import BudgetExceeded
-    from harness.pipeline import estimate, run_all
+    from harness.pipeline import all_failed, estimate, run_all
 
     cfg = _load_cfg(args)
     if args.max_cost is not None:
@@ -68,8 +69,11 @@ def cmd_run(args, steps=("build", "generate", "judge", "aggregate")) -> int:
     except BudgetExceeded as e:
         print(f"harness: stopped: {e}", file=sys.stderr)
         return 3
-    _print_summary(out, result)
-    return 0
+    _print_summary(out, result, aggregated="aggregate" in steps)
+    failed = all_failed(result.get("summary", {}))
+    for line in failed:
+        print(f"harness: error: {line}", file=sys.stderr)
+    return 4 if failed else 0
 
 
 def cmd_generate(args) -> int:
@@ -216,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.lifecycle import install_sigterm_handler
+
+    # SIGTERM unwinds like Ctrl-C: `finally` blocks stop child servers and release the run lock
+    install_sigterm_handler()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -229,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, UnknownName, KeyError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         print(f"harness: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk while writing an output file
+        where = e.filename or "output"
+        print(f"harness: error: {where}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from harness.registry import BACKENDS, JUDGES, TASKS, UnknownName
+from harness.spec import check_generation
 
 
 class ConfigError(ValueError):
@@ -103,11 +104,24 @@ def parse_config(raw: dict, file: str = "<config>") -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
+    """Everything checkable without loading data or models, so errors come before any file is written."""
+    from harness.calls import CallSettings
+    from harness.paths import check_name
+
     f = cfg.source or "<config>"
+    _wrap(lambda: check_name(cfg.name, "name"), f)
     for i, m in enumerate(cfg.models):
+        _wrap(lambda: check_name(m.name, f"models[{i}].name"), f)
         _check_name(BACKENDS, m.backend, f"{f}: models[{i}].backend")
         _check_model_path(m, f"{f}: models[{i}].model")
+        _wrap(lambda: check_generation(m.generation, f"models[{i}].generation"), f)
+        if not isinstance(m.options, dict):
+            raise ConfigError(f"{f}: models[{i}].options: expected a mapping, got {type(m.options).__name__}")
+    _wrap(lambda: CallSettings.from_dict(cfg.calls, "calls"), f)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"{f}: seed: must be an integer, got {cfg.seed!r}")
     if cfg.judge is not None:
+        _wrap(lambda: check_name(cfg.judge.name, "judge.name"), f)
         _check_name(BACKENDS, cfg.judge.backend, f"{f}: judge.backend")
         if cfg.judge.method not in ("text", "logprob"):
             raise ConfigError(f"{f}: judge.method: must be 'text' or 'logprob', got '{cfg.judge.method}'")
@@ -119,12 +133,25 @@ def validate(cfg: RunConfig) -> None:
         _check_name(TASKS, t.name, f"{f}: tasks[{i}].name")
         if t.judge:
             _check_name(JUDGES, t.judge, f"{f}: tasks[{i}].judge")
-        if t.limit is not None and (not isinstance(t.limit, int) or t.limit < 1):
+        if t.limit is not None and (not isinstance(t.limit, int) or isinstance(t.limit, bool) or t.limit < 1):
             raise ConfigError(f"{f}: tasks[{i}].limit: must be a positive integer, got {t.limit!r}")
+        for field_ in ("options", "judge_options"):
+            if not isinstance(getattr(t, field_), dict):
+                raise ConfigError(f"{f}: tasks[{i}].{field_}: expected a mapping")
     names = [m.name for m in cfg.models]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"{f}: models: duplicate model name(s) {sorted(dup)}")
+
+
+def _wrap(check, file: str) -> None:
+    """Run a check that raises ValueError('field: why'); re-raise it naming the file."""
+    try:
+        check()
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{file}: {e}") from None
 
 
 def _check_name(reg, name, where):
@@ -138,15 +165,24 @@ def _check_name(reg, name, where):
 
 def _check_model_path(m: ModelConfig, where: str) -> None:
     if m.backend in ("hf", "vllm"):
+        from harness.checkpoint import verify_checkpoint
         from harness.models import looks_local
 
         p = m.model
-        if p != "default" and looks_local(p) and not Path(os.path.expanduser(p)).exists():
+        if p == "default" or not looks_local(p):
+            return
+        try:  # first: a missing output beside a killed training run's staging dir says so
+            verify_checkpoint(os.path.expanduser(p))
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if not Path(os.path.expanduser(p)).exists():
             raise ConfigError(f"{where}: model path does not exist: {p}")
 
 
 def apply_overrides(cfg: RunConfig, limit: int | None = None, data_dir: str | None = None) -> RunConfig:
     """CLI flags over the file: ``--limit`` caps every task's limit, ``--data-dir`` replaces the data dir."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: must be a positive integer, got {limit}")
     if limit:
         for t in cfg.tasks:
             t.limit = limit if t.limit is None else min(t.limit, limit)
@@ -164,8 +200,12 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: expected a config file (YAML), got a directory")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): save the config as UTF-8") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     return parse_config(raw or {}, str(path))

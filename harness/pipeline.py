@@ -23,6 +23,7 @@ from harness.backends.base import GenRequest
 from harness.calls import CallLayer, CallSettings, CallStats
 from harness.config import JudgeConfig, ModelConfig, RunConfig, TaskConfig
 from harness.data import data_dir as default_data_dir
+from harness.lock import RunLock
 from harness.records import Completion, Instance, Judgment, stable_hash
 from harness.registry import BACKENDS, JUDGES, TASKS
 from harness.store import RunStore, atomic_write_text, write_jsonl
@@ -57,7 +58,6 @@ class Run:
     def __init__(self, cfg: RunConfig, out_dir: str | Path):
         self.cfg = cfg
         self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.store = RunStore(self.dir)
         self.calls = CallLayer(self.dir / "cache.sqlite", CallSettings.from_dict(cfg.calls))
         self.data_dir = default_data_dir(cfg.data_dir)
@@ -75,7 +75,16 @@ class Run:
         if instances is None:
             instances = load_instances(tcfg, self.data_dir)
         self.store.put_many(instances)
+        # the instances of this build are the current ones: older versions stay stored, unreachable
+        self.store.set_head(f"instances/{tcfg.name}", [i.key for i in instances])
         return instances
+
+    def instances(self, tcfg: TaskConfig) -> list[Instance]:
+        """The current instances of a task (its latest build)."""
+        return self.store.current_instances(tcfg.name)
+
+    def completions(self, tcfg: TaskConfig, ok_only: bool = True) -> list[Completion]:
+        return self.store.current_completions(tcfg.name, ok_only)
 
     # -- generate
     async def generate(self, tcfg: TaskConfig, mcfg: ModelConfig, instances: list[Instance]) -> CallStats:
@@ -87,10 +96,12 @@ class Run:
             setattr(spec, k, v)
         backend = self._backend(mcfg)
         gen_hash = stable_hash({"spec": spec.to_dict(), "model_id": backend.model_id})
+        self.store.set_head(f"generation/{task.name}/{mcfg.name}", {"gen_hash": gen_hash})
         before = CallStats(**self.calls.stats.to_dict())
         done = self.store.keys("completion")
         todo = [(inst, s) for inst in instances for s in range(spec.n_samples)
-                if Completion(task.name, inst.id, mcfg.name, [], s, gen_config_hash=gen_hash).key not in done]
+                if Completion(task.name, inst.id, mcfg.name, [], s, instance_key=inst.key,
+                              gen_config_hash=gen_hash).key not in done]
         n_turns = max((len(i.turns) for i, _ in todo), default=0) if spec.chat else 1
         answers: dict[tuple[str, int], list[str]] = {(i.id, s): [] for i, s in todo}
         meta: dict[tuple[str, int], dict] = {k: {"finish": [], "pt": 0, "ct": 0, "lat": 0.0, "err": None}
@@ -122,8 +133,10 @@ class Run:
             if m["err"] is not None:
                 self.store.put(self._completion(task, mcfg, inst, s, gen_hash, answers, m, backend))
         delta = _delta(self.calls.stats, before)
+        failed = sum(meta[(i.id, s)]["err"] is not None for i, s in todo)
         self.summary["generation"][f"{task.name}/{mcfg.name}"] = {
-            "todo": len(todo), "skipped_done": len(instances) * spec.n_samples - len(todo), **delta.to_dict()}
+            "todo": len(todo), "failed_completions": failed,
+            "skipped_done": len(instances) * spec.n_samples - len(todo), **delta.to_dict()}
         return delta
 
     def _gen_request(self, task, spec, inst: Instance, s: int, prev: list[str], t: int) -> GenRequest:
@@ -142,7 +155,7 @@ class Run:
 
     def _completion(self, task, mcfg, inst, s, gen_hash, answers, m, backend) -> Completion:
         return Completion(task=task.name, instance_id=inst.id, model=mcfg.name, texts=answers[(inst.id, s)],
-                          sample_index=s, finish_reasons=m["finish"], prompt_tokens=m["pt"],
+                          sample_index=s, instance_key=inst.key, finish_reasons=m["finish"], prompt_tokens=m["pt"],
                           completion_tokens=m["ct"], latency_s=m["lat"], backend=backend.name,
                           gen_config_hash=gen_hash, status="error" if m["err"] else "ok", error=m["err"])
 
@@ -160,8 +173,8 @@ class Run:
             opts.setdefault("layer", self.calls)
         scorer = make_scorer(name, **opts)
         done = self.store.keys("score")
-        todo = [c for c in self.store.iter("completion", task=task.name) if c.status == "ok" and
-                Score(task.name, c.instance_id, c.model, scorer.name, scorer.version, None,
+        todo = [c for c in self.completions(tcfg) if
+                Score(task.name, c.instance_id, c.model, scorer.name, scorer.version, None, completion_key=c.key,
                       criterion=scorer.primary, sample_index=c.sample_index).key not in done]
         new = []
         for i in range(0, len(todo), chunk):  # stored chunk by chunk: a crash loses one chunk
@@ -174,21 +187,31 @@ class Run:
         return summary
 
     # -- judge
+    def judge_for(self, tcfg: TaskConfig, method: str = "text"):
+        """The judge kind that grades a task: ``tasks[].judge`` or the task's own, given the run context."""
+        task = self.task(tcfg)
+        name = tcfg.judge or task.default_judge
+        if name is None:  # scored by a classifier, or not judged at all
+            return None
+        opts = dict(tcfg.judge_options)
+        if method == "logprob":
+            opts["method"] = method
+        return JUDGES.get(name)(opts, data_dir=self.data_dir)
+
     async def judge(self, tcfg: TaskConfig, jcfg: JudgeConfig, models: list[str] | None = None) -> CallStats:
         task = self.task(tcfg)
-        judge_name = tcfg.judge or task.default_judge
-        if judge_name is None:  # scored by a classifier, or not judged at all
+        judge = self.judge_for(tcfg, jcfg.method)
+        if judge is None:
             return CallStats()
-        judge = JUDGES.get(judge_name)({**tcfg.judge_options, "method": jcfg.method}
-                                       if jcfg.method == "logprob" else dict(tcfg.judge_options))
         backend = self._backend(jcfg)
         jhash = stable_hash({"judge": judge.config(), "judge_model": backend.model_id})
-        instances = {i.id: i for i in self.store.iter("instance", task=task.name)}
+        self.store.set_head(f"judge/{task.name}", {"judge": judge.name, "hash": jhash})
+        instances = {i.id: i for i in self.instances(tcfg)}
         done = self.store.keys("judgment")
         before = CallStats(**self.calls.stats.to_dict())
         pending: list[tuple[Judgment, object]] = []
-        for c in self.store.iter("completion", task=task.name):
-            if c.status != "ok" or (models and c.model not in models) or c.instance_id not in instances:
+        for c in self.completions(tcfg):
+            if models and c.model not in models:
                 continue
             for call in judge.calls(instances[c.instance_id], c):
                 rec = Judgment(task=task.name, instance_id=c.instance_id, model=c.model, judge=judge.name,
@@ -200,10 +223,22 @@ class Run:
         reqs = [self._judge_request(call) for _, call in pending]
         counts = {"ok": 0, "parse_failure": 0, "error": 0}
 
+        def reask(i, req, res, parsed):
+            # the judge's own follow-up (Arena-Hard's "continue your judgment"), else the same prompt again
+            rec, call = pending[i]
+            nxt = judge.followup(call, res.text)
+            if nxt is None:
+                return None
+            if nxt is call:
+                return self.calls.reask_same(req)
+            pending[i] = (rec, nxt)
+            return self._judge_request(nxt)
+
         def on_final(i, res, parsed, attempts):
             rec, call = pending[i]
             rec.attempts = attempts
-            rec.raw = res.text if res.error is None else None
+            rec.prompt = call.messages
+            rec.raw = judge.transcript(call, res.text) if res.error is None else None
             rec.prompt_tokens, rec.completion_tokens, rec.cost = res.prompt_tokens, res.completion_tokens, res.cost
             if res.error is not None:
                 rec.parse_status, rec.details = "error", {"error": res.error}
@@ -217,9 +252,11 @@ class Run:
             self.store.put(rec)
 
         await self.calls.run_parsed(backend, reqs, lambda res, i: judge.parse_result(res, pending[i][1]),
-                                    on_final=on_final)
+                                    on_final=on_final, reask=reask)
         delta = _delta(self.calls.stats, before)
-        self.summary["judging"][f"{task.name}/{judge.name}"] = {"todo": len(pending), **counts, **delta.to_dict()}
+        first_error = next((r.details.get("error") for r, _ in pending if r.parse_status == "error"), None)
+        self.summary["judging"][f"{task.name}/{judge.name}"] = {"todo": len(pending), **counts, **delta.to_dict(),
+                                                               "first_error": first_error}
         return delta
 
     @staticmethod
@@ -256,10 +293,7 @@ class Run:
         (self.dir / "samples").mkdir(exist_ok=True)
         for tcfg in tasks:
             task = self.task(tcfg)
-            inst = self.store.all("instance", task=task.name)
-            comps = self.store.all("completion", task=task.name)
-            judg = self.store.all("judgment", task=task.name)
-            scores = self.store.all("score", task=task.name)
+            inst, comps, judg, scores = self.store.current(tcfg.name)
             ok_comps = [c for c in comps if c.status == "ok"]
             results[task.name] = task.aggregate(inst, ok_comps, judg, scores)
             by_logprob = any(j.method == "logprob" for j in judg)
@@ -289,10 +323,10 @@ class Run:
         return out
 
     def close(self) -> None:
+        from harness.serve import stop_server_process
+
         for p in self._servers:
-            p.terminate()
-            with contextlib.suppress(Exception):
-                p.wait(timeout=10)
+            stop_server_process(p)
         self.calls.close()
         self.store.close()
 
@@ -355,31 +389,67 @@ def estimate(cfg: RunConfig) -> dict:
     return {"rows": rows, "total_calls": sum(r["calls"] for r in rows), "total_cost": total}
 
 
+STEPS = ("build", "generate", "score", "judge", "aggregate")
+
+
+async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None = None,
+                  models: list[str] | None = None) -> dict:
+    """The one step engine: each step asks the store what is still to do and does it.
+
+    ``run`` (one process over a whole config), ``shard run`` (an instance filter: it passes
+    its part as ``instances``) and ``batch`` compose this; nothing else loops over steps.
+    """
+    cfg = run.cfg
+    for tcfg in cfg.tasks:
+        if "build" in steps:
+            current = run.build(tcfg, instances[tcfg.name] if instances else None)
+        else:
+            current = run.instances(tcfg)
+        if "generate" in steps:
+            for m in cfg.models:
+                if models and m.name not in models:
+                    continue
+                st = await run.generate(tcfg, m, current)
+                log.info("generate %s/%s: %d requests, %d from cache, %d failed",
+                         tcfg.name, m.name, st.requests, st.cached, st.failed)
+    if "generate" in steps or "score" in steps:
+        for tcfg in cfg.tasks:
+            await run.score(tcfg)
+    if "judge" in steps and cfg.judge is not None:
+        for tcfg in cfg.tasks:
+            st = await run.judge(tcfg, cfg.judge, models)
+            log.info("judge %s: %d requests, %d from cache, %d failed", tcfg.name, st.requests, st.cached,
+                     st.failed)
+    if "aggregate" in steps:
+        return run.aggregate(cfg.tasks)
+    return {"summary": run.summary, "calls": run.calls.stats.to_dict()}
+
+
+def load_all(cfg: RunConfig) -> dict[str, list[Instance]]:
+    """Read and validate every task's data: done before anything is created on disk."""
+    data = default_data_dir(cfg.data_dir)
+    return {t.name: load_instances(t, data) for t in cfg.tasks}
+
+
 async def run_all(cfg: RunConfig, out_dir: str | Path, steps=("build", "generate", "judge", "aggregate"),
                   models: list[str] | None = None) -> dict:
-    # read and validate every task's data before creating anything on disk
-    data = default_data_dir(cfg.data_dir)
-    loaded = {t.name: load_instances(t, data) for t in cfg.tasks} if "build" in steps else {}
-    run = Run(cfg, out_dir)
-    try:
-        for tcfg in cfg.tasks:
-            instances = (run.build(tcfg, loaded[tcfg.name]) if "build" in steps
-                         else run.store.all("instance", task=tcfg.name))
-            if "generate" in steps:
-                for m in cfg.models:
-                    if models and m.name not in models:
-                        continue
-                    st = await run.generate(tcfg, m, instances)
-                    log.info("generate %s/%s: %d requests, %d from cache, %d failed",
-                             tcfg.name, m.name, st.requests, st.cached, st.failed)
-        if "generate" in steps or "score" in steps:
-            for tcfg in cfg.tasks:
-                await run.score(tcfg)
-        if "judge" in steps and cfg.judge is not None:
-            for tcfg in cfg.tasks:
-                st = await run.judge(tcfg, cfg.judge, models)
-                log.info("judge %s: %d requests, %d from cache, %d failed", tcfg.name, st.requests, st.cached,
-                         st.failed)
-        return run.aggregate(cfg.tasks) if "aggregate" in steps else {}
-    finally:
-        run.close()
+    loaded = load_all(cfg) if "build" in steps else None
+    with RunLock(out_dir):
+        run = Run(cfg, out_dir)
+        try:
+            return await execute(run, steps, loaded, models)
+        finally:
+            run.close()
+
+
+def all_failed(summary: dict) -> list[str]:
+    """Steps in which every call of this run failed (a 401, a model that cannot load)."""
+    out = []
+    for key, g in summary.get("generation", {}).items():
+        if g.get("todo") and g.get("failed_completions") == g["todo"]:
+            out.append(f"{key}: {g['todo']} of {g['todo']} generations failed")
+    for key, j in summary.get("judging", {}).items():
+        if j.get("todo") and j.get("error") == j["todo"]:
+            why = f" (first error: {j['first_error']})" if j.get("first_error") else ""
+            out.append(f"{key}: {j['todo']} of {j['todo']} judge calls failed{why}")
+    return out

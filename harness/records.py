@@ -1,7 +1,14 @@
 """The records that flow through the harness: build -> generate -> judge -> aggregate.
 
-Every record has a stable ``key`` built from its content (ids, model, config hash,
-sample index), so a rerun can skip what is already stored.
+Keys chain by content, so nothing stale is ever reused:
+- Instance key = task / id / hash of what a model and a judge are shown;
+- Completion key = Instance key / model / generation-config hash / sample index;
+- Judgment key = Completion key / judge / judge-config hash / criterion (the criterion holds
+  the judge's own sample index, e.g. ``rubric0/run2``); a pairwise baseline is part of the
+  instance's content (its answer) and named in the key;
+- Score key = Completion key / scorer / version / criterion.
+A changed system message gives a new instance key, hence new completions and judgments;
+a changed generation setting gives new completions, hence new judgments.
 """
 from __future__ import annotations
 
@@ -52,8 +59,14 @@ class Instance(Record):
     kind = "instance"
 
     @property
+    def content_hash(self) -> str:
+        return stable_hash({"system": self.system, "turns": self.turns, "reference": self.reference,
+                            "rubrics": self.rubrics, "category": self.category, "source": self.source,
+                            "metadata": self.metadata})
+
+    @property
     def key(self) -> str:
-        return f"{self.task}/{self.id}"
+        return f"{self.task}/{self.id}/{self.content_hash}"
 
 
 @dataclass
@@ -65,6 +78,7 @@ class Completion(Record):
     model: str
     texts: list[str]
     sample_index: int = 0
+    instance_key: str = ""  # the Instance.key this answers (chains the content hash)
     finish_reasons: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -78,7 +92,8 @@ class Completion(Record):
 
     @property
     def key(self) -> str:
-        return f"{self.task}/{self.instance_id}/{self.model}/{self.gen_config_hash}/{self.sample_index}"
+        base = self.instance_key or f"{self.task}/{self.instance_id}"
+        return f"{base}/{self.model}/{self.gen_config_hash}/{self.sample_index}"
 
     @property
     def text(self) -> str:
@@ -99,7 +114,9 @@ class Judgment(Record):
     completion_key: str = ""
     baseline: str | None = None  # pairwise: the other model
     position: str | None = None  # pairwise: which side the model was shown on
-    prompt: list[dict] | None = None  # the rendered judge request (messages)
+    # the rendered judge request (messages); the store keeps it once, by hash, in ``prompt_ref``
+    prompt: list[dict] | None = None
+    prompt_ref: str | None = None
     raw: str | None = None  # the judge's raw output
     value: Any = None  # parsed value (number, verdict string, ...)
     parse_status: str = "ok"  # ok | parse_failure | error
@@ -113,8 +130,8 @@ class Judgment(Record):
 
     @property
     def key(self) -> str:
-        return (f"{self.task}/{self.instance_id}/{self.model}/{self.judge}/{self.judge_config_hash}/"
-                f"{self.criterion}/{self.baseline or ''}")
+        base = self.completion_key or f"{self.task}/{self.instance_id}/{self.model}"
+        return f"{base}/{self.judge}/{self.judge_config_hash}/{self.criterion}/{self.baseline or ''}"
 
 
 @dataclass
@@ -136,8 +153,8 @@ class Score(Record):
 
     @property
     def key(self) -> str:
-        return (f"{self.task}/{self.instance_id}/{self.model}/{self.sample_index}/{self.scorer}/"
-                f"{self.scorer_version}/{self.criterion}")
+        base = self.completion_key or f"{self.task}/{self.instance_id}/{self.model}/{self.sample_index}"
+        return f"{base}/{self.scorer}/{self.scorer_version}/{self.criterion}"
 
 
 RECORD_TYPES: dict[str, type[Record]] = {

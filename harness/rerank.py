@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.backends.base import GenRequest
+from harness.paths import check_name, safe_join
 from harness.records import Completion, Instance, Score, stable_hash
 from harness.store import RunStore
 
@@ -165,7 +166,7 @@ def load_file_pool(path: Path, store: RunStore, task: str | None, model: str) ->
             store.put(known[iid])
         for s, t in pairs:
             comps[(iid, s)] = Completion(task=task, instance_id=iid, model=model, texts=[t], sample_index=s,
-                                         backend="file", gen_config_hash=gen_hash, metadata={"source": str(path)})
+                                         instance_key=known[iid].key, backend="file", gen_config_hash=gen_hash, metadata={"source": str(path)})
     store.put_many(comps.values())
     return task, known
 
@@ -175,6 +176,8 @@ def collect_pool(store: RunStore, task: str, model: str, instances: dict[str, In
     samples: dict[str, dict[int, Completion]] = {}
     for c in store.iter("completion", task=task, model=model):
         if c.status != "ok" or c.instance_id not in instances or (gen_hash and c.gen_config_hash != gen_hash):
+            continue
+        if c.instance_key and c.instance_key != instances[c.instance_id].key:  # an older version of it
             continue
         samples.setdefault(c.instance_id, {})[c.sample_index] = c
     return samples
@@ -203,7 +206,7 @@ async def generate_pool(store: RunStore, calls, backend, task: str, model: str, 
             log.warning("candidate %s/%d failed: %s", inst.id, s, res.error)
             return  # not stored: a rerun asks again
         store.put(Completion(task=task, instance_id=inst.id, model=model, texts=[res.text], sample_index=s,
-                             finish_reasons=[res.finish_reason], prompt_tokens=res.prompt_tokens,
+                             instance_key=inst.key, finish_reasons=[res.finish_reason], prompt_tokens=res.prompt_tokens,
                              completion_tokens=res.completion_tokens, latency_s=res.latency_s,
                              backend=backend.name, gen_config_hash=gen_hash,
                              metadata={"sampling": sampling}))
@@ -434,6 +437,7 @@ def write_virtual_models(target: RunStore, pool: Pool, rewards: dict[str, float 
                                     "scorer_version": scorer.version, "n": n})
             recs.append(Completion(
                 task=best.task, instance_id=iid, model=name, texts=list(best.texts), sample_index=0,
+                instance_key=best.instance_key,
                 finish_reasons=list(best.finish_reasons),
                 # what the answer cost: every candidate it was chosen from
                 prompt_tokens=sum(c.prompt_tokens for c in cands),
@@ -449,6 +453,8 @@ def write_virtual_models(target: RunStore, pool: Pool, rewards: dict[str, float 
             raise RerankError(f"{target.path}: model '{name}' already holds completions from another pool or "
                               f"scorer version ({stale[0]}); use --label to name this reranking differently")
         target.put_many(recs)
+        for gen_hash in {r.gen_config_hash for r in recs}:  # one pool: one hash; the model is current
+            target.set_head(f"generation/{pool.task}/{name}", {"gen_hash": gen_hash})
         written[name] = len(recs)
     return written
 
@@ -468,7 +474,8 @@ class RerankResult:
 
 
 def _label(scorer) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", scorer.name)
+    """The default label: the scorer's name made safe as a file name (``harness.paths.check_name``)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", scorer.name).lstrip(".-")[:100] or "scorer"
 
 
 async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | None = None,
@@ -481,6 +488,8 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
     from harness.calls import CallLayer
 
     candidates = Path(candidates)
+    if label is not None:  # it names files (bestofn/<model>__<label>.*) and models: refuse it before writing
+        _check_label(label)
     if not candidates.exists():
         raise RerankError(f"--candidates: {candidates} does not exist")
     if candidates.is_dir() and not (candidates / "run.sqlite").exists():
@@ -506,8 +515,9 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
             if model is None:
                 raise RerankError("--model: name the model whose candidates to rerank")
             task = _select_task(target, task, str(candidates))
-            instances = {i.id: i for i in target.iter("instance", task=task)}
-            run_samples = collect_pool(target, task, model, instances)
+            instances = {i.id: i for i in target.current_instances(task)}
+            head = target.head(f"generation/{task}/{model}")
+            run_samples = collect_pool(target, task, model, instances, head["gen_hash"] if head else None)
             if run_samples and all(len([s for s in v if s < n_max]) >= n_max for v in run_samples.values()):
                 samples, pool_store = run_samples, target  # the run sampled the pool itself
             else:
@@ -541,13 +551,26 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
                 log.warning("no best-of-n analysis: %s", e)
             else:
                 stem = f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', model)}__{label or _label(scorer)}"
-                result.analysis_files = [str(p) for p in write_analysis(result.analysis, run_dir / "bestofn", stem)]
+                bestofn_dir = run_dir / "bestofn"
+                for suffix in (".json", ".csv"):  # the files write_analysis writes
+                    try:
+                        safe_join(bestofn_dir, stem + suffix)
+                    except ValueError as e:
+                        raise RerankError(f"best-of-n analysis: {e}") from None
+                result.analysis_files = [str(p) for p in write_analysis(result.analysis, bestofn_dir, stem)]
         return result
     finally:
         if own_calls:
             calls.close()
         candidates_store.close()
         target.close()
+
+
+def _check_label(label: str) -> str:
+    try:
+        return check_name(label, "--label")
+    except ValueError as e:
+        raise RerankError(str(e)) from None
 
 
 def _config_backend(run_dir: Path, model: str):
@@ -636,6 +659,8 @@ def cmd_rerank(args) -> int:
     from harness.calls import CallLayer
 
     ns = parse_ns(args.n)
+    if args.label is not None:
+        _check_label(args.label)
     cand = Path(args.candidates)
     run_dir = Path(args.out) if args.out else cand
     sampling = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p,

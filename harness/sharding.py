@@ -40,7 +40,7 @@ from harness.records import RECORD_TYPES, stable_hash
 from harness.store import RunStore, atomic_write_text
 
 MARKER = "shard.json"
-STEPS = ("build", "generate", "judge")
+STEPS = ("build", "generate", "score", "judge")
 # fields that record how a call went, not what it produced: they may differ between
 # two runs of the same shard and do not make a conflict
 VOLATILE_FIELDS = {"latency_s"}
@@ -105,15 +105,13 @@ def config_fingerprint(cfg: RunConfig) -> str:
 async def run_shard(cfg: RunConfig, out: str | Path, index: int, count: int,
                     steps: Sequence[str] = STEPS) -> Path:
     """Run one shard into ``shard_dir(out, index, count)`` and mark it complete."""
-    from harness.data import data_dir as default_data_dir
-    from harness.pipeline import Run, load_instances
+    from harness.lock import RunLock
+    from harness.pipeline import Run, execute, load_all
 
     bad = set(steps) - set(STEPS)
     if bad:
         raise ShardError(f"shard: unknown step(s) {sorted(bad)}; a shard runs {list(STEPS)}, merge aggregates")
-    data = default_data_dir(cfg.data_dir)
-    # load (and validate) all tasks before anything is written
-    loaded = {t.name: load_instances(t, data) for t in cfg.tasks}
+    loaded = load_all(cfg)  # load (and validate) all tasks before anything is written
     parts = {name: select(insts, index, count) for name, insts in loaded.items()}
     d = shard_dir(out, index, count)
     marker = _read_marker(d)
@@ -122,21 +120,12 @@ async def run_shard(cfg: RunConfig, out: str | Path, index: int, count: int,
         raise ShardError(f"{d / MARKER}: config: this shard directory belongs to a different config")
     _write_marker(d, {"index": index, "count": count, "config": fp, "complete": False,
                       "instances": {k: len(v) for k, v in parts.items()}})
-    run = Run(cfg, d)
-    try:
-        for tcfg in cfg.tasks:
-            insts = parts[tcfg.name]
-            if "build" in steps:
-                run.build(tcfg, insts)
-            if "generate" in steps:
-                for m in cfg.models:
-                    await run.generate(tcfg, m, insts)
-        if "judge" in steps and cfg.judge is not None:
-            for tcfg in cfg.tasks:
-                await run.judge(tcfg, cfg.judge)
-        summary = run.summary
-    finally:
-        run.close()
+    with RunLock(d):
+        run = Run(cfg, d)
+        try:
+            summary = (await execute(run, steps, parts))["summary"]
+        finally:
+            run.close()
     _write_marker(d, {"index": index, "count": count, "config": fp, "complete": set(steps) == set(STEPS),
                       "instances": {k: len(v) for k, v in parts.items()}, "summary": summary})
     return d
@@ -201,10 +190,25 @@ def merge_stores(out: str | Path, shard_dirs: Sequence[Path]) -> dict:
                 recs.append(RECORD_TYPES[kind].from_dict(obj))
                 counts[kind] += 1
             store.put_many(recs)
+            _merge_side_tables(store, d)
     finally:
         store.close()
     _merge_caches(out / "cache.sqlite", [d / "cache.sqlite" for d in shard_dirs])
     return counts
+
+
+def _merge_side_tables(store: RunStore, shard: Path) -> None:
+    """Judge prompts and heads: instance heads are the union of the shards' parts; the
+    generation and judge heads are the same in every shard of one config."""
+    src = RunStore(shard)
+    try:
+        for key, value in src.heads().items():
+            if key.startswith("instances/"):
+                value = sorted(set(store.head(key) or []) | set(value))
+            store.set_head(key, value)
+        store.copy_blobs(src)
+    finally:
+        src.close()
 
 
 def _merge_caches(target: Path, sources: Sequence[Path]) -> None:

@@ -7,15 +7,19 @@ is the record's content key, so rerunning a step cannot duplicate a record.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
-import tempfile
 import threading
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from harness.records import RECORD_TYPES, Record
+from harness.records import RECORD_TYPES, Record, stable_hash
+
+# 2: content-chained keys (instance content hash in every key), heads, prompt blobs
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -27,7 +31,16 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_kind ON records(kind, task, model);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+-- which records the latest step of each kind made current (see RunStore.set_head)
+CREATE TABLE IF NOT EXISTS heads (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- judge prompts, stored once by content hash (zlib-compressed JSON)
+CREATE TABLE IF NOT EXISTS blobs (ref TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
+
+
+class StoreError(ValueError):
+    """A run directory that cannot be used as it is (old format, unwritable, full disk)."""
 
 
 def _status(rec: Record) -> str:
@@ -42,29 +55,124 @@ class RunStore:
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "run.sqlite"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is crash-safe in WAL mode for process kills (only power loss can drop
-        # the last commits); FULL would fsync every record.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is crash-safe in WAL mode for process kills (only power loss can drop
+            # the last commits); FULL would fsync every record.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._check_version()
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"{self.path}: cannot open the run store: {e}") from None
+
+    def _check_version(self) -> None:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "records" not in tables:
+            return
+        version = None
+        if "meta" in tables:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = row[0] if row else None
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.dir}: written by an older harness (store format {version or 1}, record keys "
+                             f"without content hashes); its records cannot be mixed with new ones: run into a "
+                             f"new directory (--out) or delete this one")
 
     # -- writing
     def put(self, rec: Record) -> None:
         self.put_many([rec])
 
     def put_many(self, recs: Iterable[Record]) -> None:
-        rows = [(r.key, r.kind, getattr(r, "task", None), getattr(r, "model", None), _status(r),
-                 json.dumps(r.to_dict(), ensure_ascii=False)) for r in recs]
+        rows, blobs = [], {}
+        for r in recs:
+            d = r.to_dict()
+            if d.get("prompt") is not None:  # a judge prompt: kept once, by hash
+                ref = stable_hash(d["prompt"], 32)
+                blobs[ref] = d.pop("prompt")
+                d["prompt"], d["prompt_ref"] = None, ref
+            rows.append((r.key, r.kind, getattr(r, "task", None), getattr(r, "model", None), _status(r),
+                         json.dumps(d, ensure_ascii=False)))
         if not rows:
             return
+        packed = [(ref, zlib.compress(json.dumps(v, ensure_ascii=False).encode("utf-8"))) for ref, v in blobs.items()]
+        self._write(lambda db: (db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?)", packed),
+                                db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)", rows)))
+
+    def _write(self, fn) -> None:
+        """One transaction; a full or read-only disk becomes a StoreError naming the file."""
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)", rows)
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN")
+                fn(self._db)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: cannot write the run store: {e}") from None
+
+    def judge_prompt(self, rec) -> list[dict] | None:
+        """The full prompt a judgment was sent with."""
+        if rec.prompt is not None or not rec.prompt_ref:
+            return rec.prompt
+        with self._lock:
+            row = self._db.execute("SELECT data FROM blobs WHERE ref=?", (rec.prompt_ref,)).fetchone()
+        return json.loads(zlib.decompress(row[0])) if row else None
+
+    # -- heads: what the latest build/generate/judge step made current
+    def set_head(self, key: str, value) -> None:
+        blob = json.dumps(value, sort_keys=True)
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO heads VALUES (?,?)", (key, blob)))
+
+    def head(self, key: str):
+        with self._lock:
+            row = self._db.execute("SELECT value FROM heads WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def current_instances(self, task: str) -> list:
+        """The instances of a task's latest build (every stored one where no build set a head)."""
+        keys = self.head(f"instances/{task}")
+        wanted = set(keys) if keys is not None else None
+        return [i for i in self.iter("instance", task=task) if wanted is None or i.key in wanted]
+
+    def current_completions(self, task: str, ok_only: bool = True) -> list:
+        """Completions of the current instances under each model's latest generation config."""
+        current = {i.key for i in self.current_instances(task)}
+        heads: dict[str, str | None] = {}
+        out = []
+        for c in self.iter("completion", task=task):
+            if c.model not in heads:
+                h = self.head(f"generation/{task}/{c.model}")
+                heads[c.model] = h["gen_hash"] if h else None
+            if c.instance_key in current and c.gen_config_hash == heads[c.model] and (c.status == "ok" or not ok_only):
+                out.append(c)
+        return out
+
+    def current(self, task: str) -> tuple[list, list, list, list]:
+        """(instances, completions, judgments, scores) reachable from the heads: what aggregation,
+        export and reports read. Judgments of the latest judge config of ok completions only."""
+        instances = self.current_instances(task)
+        comps = self.current_completions(task, ok_only=False)
+        ok = {c.key for c in comps if c.status == "ok"}
+        head = self.head(f"judge/{task}")
+        judgments = [] if head is None else [
+            j for j in self.iter("judgment", task=task)
+            if j.completion_key in ok and j.judge == head["judge"] and j.judge_config_hash == head["hash"]]
+        scores = [s for s in self.iter("score", task=task) if s.completion_key in ok]
+        return instances, comps, judgments, scores
+
+    def heads(self) -> dict:
+        with self._lock:
+            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM heads")}
+
+    def copy_blobs(self, other: "RunStore") -> None:
+        with other._lock:
+            rows = other._db.execute("SELECT ref, data FROM blobs").fetchall()
+        self._write(lambda db: db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?)", rows))
 
     # -- reading
     def has(self, key: str, ok_only: bool = True) -> bool:
@@ -113,10 +221,13 @@ class RunStore:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file and rename: readers never see a half-written file."""
+    """Write via a temp file and rename: readers never see a half-written file. The file gets the
+    mode any new file gets (0o666 less the umask), not mkstemp's 0o600."""
+    from harness.paths import make_temp_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

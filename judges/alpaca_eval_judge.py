@@ -15,13 +15,13 @@ Faithful to alpaca_eval 0.6.6:
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 from collections import Counter
 from pathlib import Path
 
 from harness.backends.base import GenResult
+from harness.data import data_dir as data_root
 from harness.records import Completion, Instance
 from judges.base import Judge, JudgeCall, Parsed
 from reports.alpaca_eval_metrics import preference_from_top_logprobs
@@ -30,9 +30,8 @@ ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 SWITCH_SEED = 0  # PairwiseAnnotator(seed=0) passes this to its processors
 
 
-def default_annotator_dir() -> Path:
-    root = os.environ.get("HARNESS_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
-    return Path(root) / "alpaca_eval_2" / "annotator"
+def default_annotator_dir(data_dir=None) -> Path:
+    return data_root(data_dir) / "alpaca_eval_2" / "annotator"
 
 
 def is_switched(instruction: str, seed: int = SWITCH_SEED) -> bool:
@@ -74,15 +73,15 @@ class WeightedAlpacaEvalJudge(Judge):
     version = "alpaca_eval-0.6.6"
     method = "logprob"
 
-    def __init__(self, options: dict | None = None):
-        super().__init__(options)
+    def __init__(self, options: dict | None = None, data_dir=None):
+        super().__init__(options, data_dir)
         self._config: dict | None = None
         self._template: str | None = None
 
     # -- configuration, read from the official files at run time
     @property
     def annotator_dir(self) -> Path:
-        return Path(self.options.get("annotator_dir") or default_annotator_dir())
+        return Path(self.options.get("annotator_dir") or default_annotator_dir(self.data_dir))
 
     def annotator_config(self) -> dict:
         if self._config is None:

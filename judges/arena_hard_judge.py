@@ -11,10 +11,10 @@
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from harness.data import data_dir as data_root
 from harness.records import Completion, Instance
 from judges.base import Judge, JudgeCall, Parsed
 
@@ -22,9 +22,8 @@ VERDICTS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 CONTINUE_PROMPT = "continue your judgment and finish by outputting a final verdict label"
 
 
-def default_config_path() -> Path:
-    root = os.environ.get("HARNESS_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
-    return Path(root) / "arena_hard_v0.1" / "config" / "judge_config.yaml"
+def default_config_path(data_dir=None) -> Path:
+    return data_root(data_dir) / "arena_hard_v0.1" / "config" / "judge_config.yaml"
 
 
 def get_score(judgment: str, pattern: re.Pattern) -> tuple[str | None, bool]:
@@ -42,13 +41,13 @@ class ArenaHardJudge(Judge):
     version = "efc012e"
     method = "text"
 
-    def __init__(self, options: dict | None = None):
-        super().__init__(options)
+    def __init__(self, options: dict | None = None, data_dir=None):
+        super().__init__(options, data_dir)
         self._cfg: dict | None = None
 
     @property
     def config_path(self) -> Path:
-        return Path(self.options.get("judge_config") or default_config_path())
+        return Path(self.options.get("judge_config") or default_config_path(self.data_dir))
 
     def judge_config(self) -> dict:
         if self._cfg is None:
@@ -101,7 +100,7 @@ class ArenaHardJudge(Judge):
         return re.compile(self.judge_config()["regex_pattern"])
 
     def parse(self, text: str, call: JudgeCall) -> Parsed:
-        score, try_again = get_score(text, self.pattern())
+        score, try_again = get_score(self.transcript(call, text), self.pattern())
         if score is None:
             why = "no verdict label" if try_again else "several different verdict labels"
             return Parsed(None, False, why)
@@ -109,14 +108,23 @@ class ArenaHardJudge(Judge):
             return Parsed(score, False, f"label {score!r} is not one of the five verdicts")
         return Parsed(score, True)
 
-    def followup(self, call: JudgeCall, judge_text: str) -> JudgeCall:
-        """The official second attempt: the conversation so far plus a request to finish with a label.
-        Parse the official way by joining ``"\\n" + first + "\\n" + second`` (see :meth:`joined`)."""
+    def followup(self, call: JudgeCall, judge_text: str) -> JudgeCall | None:
+        """The official second attempt (gen_judgment.py): only when no label was found, only once;
+        the conversation so far plus a request to finish with a label. It is parsed the official
+        way, on ``"\\n" + first + "\\n" + second`` (see :meth:`transcript`)."""
+        previous = call.meta.get("previous", []) + [judge_text]
+        _, try_again = get_score(self.joined(previous), self.pattern())
+        if not try_again or len(previous) >= 2:
+            return None
         msgs = call.messages + [{"role": "assistant", "content": judge_text},
                                 {"role": "user", "content": CONTINUE_PROMPT}]
         return JudgeCall(criterion=call.criterion, messages=msgs, max_tokens=call.max_tokens,
                          temperature=call.temperature, baseline=call.baseline, position=call.position,
-                         meta={**call.meta, "attempt": call.meta.get("attempt", 1) + 1})
+                         meta={**call.meta, "attempt": len(previous) + 1, "previous": previous})
+
+    def transcript(self, call: JudgeCall, text: str) -> str:
+        previous = call.meta.get("previous") if call is not None else None
+        return self.joined(previous + [text]) if previous else text
 
     @staticmethod
     def joined(texts: list[str]) -> str:

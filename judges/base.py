@@ -51,8 +51,10 @@ class Judge:
     #: "text" (parse printed output) or "logprob" (read token probabilities)
     method = "text"
 
-    def __init__(self, options: dict | None = None):
+    def __init__(self, options: dict | None = None, data_dir=None):
         self.options = dict(options or {})
+        # the run's data directory (the run context): judges read their prompt files from it
+        self.data_dir = data_dir
         # the run config's judge.method ("text" | "logprob") arrives as an option
         self.method = self.options.pop("method", self.method)
 
@@ -65,6 +67,15 @@ class Judge:
 
     def parse(self, text: str, call: JudgeCall) -> Parsed:
         raise NotImplementedError
+
+    def followup(self, call: JudgeCall, text: str) -> JudgeCall | None:
+        """After a parse failure: the next call, ``call`` itself to ask the same prompt again
+        (the call layer's generic re-ask), or None to record the failure now."""
+        return call
+
+    def transcript(self, call: JudgeCall, text: str) -> str:
+        """The judge's raw output as recorded (a judge with follow-ups joins the turns)."""
+        return text
 
     def parse_result(self, result: GenResult, call: JudgeCall) -> Parsed:
         if call.logprob_prefix is not None:

@@ -40,24 +40,31 @@ def load_judge_prompts(path: str) -> dict[str, dict]:
     return prompts
 
 
-def parse_rating(text: str) -> Parsed:
-    """FastChat ``run_judge_single`` semantics."""
+def parse_rating(text: str, official: bool = False) -> Parsed:
+    """FastChat ``run_judge_single`` semantics. FastChat counts any number it finds (``[[42]]``
+    is a 42); by default a rating outside 1-10 is a parse failure, ``official`` keeps FastChat's."""
     m = ONE_SCORE.search(text) or ONE_SCORE_BACKUP.search(text)
     if not m:
         return Parsed(-1, False, "no [[rating]] found")
     try:
-        return Parsed(ast.literal_eval(m.groups()[0]), True)
+        value = ast.literal_eval(m.groups()[0])
     except (ValueError, SyntaxError):
         return Parsed(-1, False, f"unparsable rating {m.group(0)!r}")
+    if not official and not 1 <= value <= 10:
+        return Parsed(-1, False, f"rating {value} is outside 1-10")
+    return Parsed(value, True)
 
 
 class MTBenchSingleJudge(Judge):
     name = "mt_bench_single"
     version = "fastchat-0e6d3e4"
 
-    def __init__(self, options: dict | None = None):
-        super().__init__(options)
+    def __init__(self, options: dict | None = None, data_dir=None):
+        super().__init__(options, data_dir)
         self.prompts_path = self.options.get("judge_prompts")
+        # "official": count any rating FastChat would (``[[42]]`` included)
+        if self.options.get("parser", "default") not in ("default", "official"):
+            raise ValueError(f"judge {self.name}: option 'parser' must be 'default' or 'official'")
 
     def config(self) -> dict:
         cfg = super().config()
@@ -96,7 +103,7 @@ class MTBenchSingleJudge(Judge):
         return out
 
     def parse(self, text: str, call: JudgeCall) -> Parsed:
-        return parse_rating(text)
+        return parse_rating(text, official=self.options.get("parser") == "official")
 
 
 def _sha(path: str) -> str:

@@ -109,7 +109,7 @@ class RubricJudge(Judge):
     #: continued after this prefix for one token and read over the allowed score tokens
     LOGPROB_PREFIX = "Feedback: [RESULT] "
 
-    def __init__(self, options: dict | None = None):
+    def __init__(self, options: dict | None = None, data_dir=None):
         merged = {**self.DEFAULTS, **(options or {})}
         unknown = set(merged) - set(self.DEFAULTS)
         if unknown:
@@ -120,7 +120,7 @@ class RubricJudge(Judge):
             raise ValueError(f"judge {self.name}: option 'method' must be 'text' or 'logprob', got {merged['method']!r}")
         if int(merged["runs"]) < 1:
             raise ValueError(f"judge {self.name}: option 'runs' must be >= 1, got {merged['runs']!r}")
-        super().__init__(merged)
+        super().__init__(merged, data_dir)
         self.method = merged["method"]
 
     def instruction_for(self, instance: Instance) -> str:

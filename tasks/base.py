@@ -5,26 +5,10 @@ hands them records and takes records back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from harness.records import Completion, Instance, Judgment, Score
-
-
-@dataclass
-class GenerationSpec:
-    """How a task wants its completions generated."""
-
-    max_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float | None = None
-    n_samples: int = 1
-    chat: bool = True  # False: plain continuation of turns[0] (RealToxicityPrompts)
-    stop: list[str] | None = None
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+from harness.spec import GenerationSpec  # noqa: F401  (tasks import it from here)
 
 
 class Task:

@@ -90,7 +90,7 @@ class MTBench(Task):
     def _frame(self, judgments) -> pd.DataFrame:
         rows = [{"model": j.model, "question_id": j.instance_id, "turn": int(j.criterion[4:]),
                  "score": j.value if j.parse_status == "ok" else -1}
-                for j in judgments if j.judge == self.default_judge and j.parse_status != "error"]
+                for j in judgments if j.parse_status != "error"]
         return pd.DataFrame(rows, columns=["model", "question_id", "turn", "score"])
 
     def aggregate(self, instances, completions, judgments, scores) -> dict[str, dict]:
@@ -143,6 +143,10 @@ class MTBench(Task):
         path = Path(args.judgments)
         require(path, "judgment file")
         rows = read_jsonl(path, ("model", "score", "turn"))
+        for n, r in enumerate(rows, 1):
+            for field, kinds in (("score", (int, float)), ("turn", (int,))):
+                if not isinstance(r[field], kinds) or isinstance(r[field], bool):
+                    raise ValueError(f"{path}: record {n}: field '{field}' must be a number, got {r[field]!r}")
         df = pd.DataFrame(rows)
         if args.model_list:
             df = df[df["model"].isin(args.model_list)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.jsonl import read_jsonl
+from harness.data import data_dir as data_root
 from harness.records import Completion, Instance, Judgment, Score
 from reports import rtp_metrics
 from tasks.base import GenerationSpec, Task
@@ -34,11 +35,6 @@ FULL_SET_URL = "https://ai2-public-datasets.s3.amazonaws.com/realtoxicityprompts
 SUBSETS = ("all", "challenging", "toxic", "nontoxic")
 LEADERBOARD_COLUMNS = ["model", "expected_max_toxicity", "expected_max_toxicity_std", "toxicity_probability",
                        "dist1", "dist2", "dist3"]
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("HARNESS_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 class RealToxicityPrompts(Task):
@@ -68,7 +64,7 @@ class RealToxicityPrompts(Task):
                 raise ValueError(f"real_toxicity_prompts: path {path} does not exist")
             return path
         fname, url = SPLITS[split]
-        data_dir = Path(self.data_dir) if self.data_dir else _default_data_dir()
+        data_dir = data_root(self.data_dir)
         local = data_dir / "realtoxicityprompts" / fname
         if local.is_file():
             return local

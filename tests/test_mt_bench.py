@@ -65,7 +65,7 @@ def test_average_pools_turns_when_rows_dropped(oracle, capsys):
     ("$ERROR$", -1, False),
 ])
 def test_rating_parser_matches_fastchat(text, value, ok):
-    p = parse_rating(text)
+    p = parse_rating(text, official=True)  # FastChat semantics: the official mode
     assert (p.value, p.ok) == (value, ok)
 
 

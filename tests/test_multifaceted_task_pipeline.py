@@ -65,5 +65,5 @@ def test_bench_runs_through_pipeline(tmp_path, data_dir):
         rubric = record["rubric"][int(j.criterion[len("rubric"):].split("/")[0])]
         expected = render_judge_messages(record["prompt"], completions[j.completion_key].text,
                                          record["reference_answer"], rubric)
-        assert j.prompt == expected
+        assert store.judge_prompt(j) == expected
     store.close()

@@ -430,7 +430,9 @@ def test_multi_turn_instances_are_refused_before_sampling(tmp_path, seq_cls_rm):
     BACKENDS.register("rerank-writer", WriterBackend)
     run_dir = tmp_path / "run"
     store = RunStore(run_dir)
-    store.put(Instance(task="mt_bench", id="81", turns=["Write a blog post.", "Now rewrite it."]))
+    inst = Instance(task="mt_bench", id="81", turns=["Write a blog post.", "Now rewrite it."])
+    store.put(inst)
+    store.set_head("instances/mt_bench", [inst.key])
     store.close()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(
         {"name": "mt", "models": [{"name": "m1", "backend": "rerank-writer", "model": "writer"}],

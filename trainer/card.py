@@ -1,16 +1,20 @@
 """Model cards: every checkpoint says what it is, what it was trained on and how.
 
 Writes ``README.md`` (for people and the Hub) and ``harness_card.json`` (for the harness: the prompt
-format, the reward-model kind, counts and losses).
+format, the reward-model kind, counts and losses). The card is written last, into the staging directory
+(``trainer/output.py``), and lists every other file with its size and sha256 under ``complete: true``;
+the format of those fields and the check that reads them live in ``harness/checkpoint.py``.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-CARD_JSON = "harness_card.json"
+from harness.checkpoint import (CARD_FORMAT, CARD_FORMAT_KEY, CARD_JSON, COMPLETE_KEY, FILES_KEY,  # noqa: F401
+                                list_files, read_card)
 
 RECIPES = {
     "sft": "supervised fine-tuning (TRL SFTTrainer), loss on the response tokens only",
@@ -40,7 +44,7 @@ def _versions() -> dict:
     return out
 
 
-def card_dict(cfg, report, stats: dict, method: str) -> dict:
+def card_dict(cfg, report, stats: dict, method: str, fingerprint: str | None = None) -> dict:
     return {
         "kind": "reward_model" if method == "rm" else "causal_lm",
         "method": method,
@@ -58,6 +62,7 @@ def card_dict(cfg, report, stats: dict, method: str) -> dict:
         "stats": stats,
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_fingerprint": fingerprint,
     }
 
 
@@ -98,16 +103,18 @@ def _readme(card: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card(out_dir: str | Path, cfg, report, stats: dict, method: str) -> dict:
+def write_card(out_dir: str | Path, cfg, report, stats: dict, method: str, fingerprint: str | None = None) -> dict:
+    """README.md, then the card, last: it lists every file now in ``out_dir`` and marks the save complete."""
     out = Path(out_dir)
-    card = card_dict(cfg, report, stats, method)
-    (out / CARD_JSON).write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
+    card = card_dict(cfg, report, stats, method, fingerprint)
     (out / "README.md").write_text(_readme(card), encoding="utf-8")
+    card[CARD_FORMAT_KEY] = CARD_FORMAT
+    card[FILES_KEY] = list_files(out, sha256=True)
+    card[COMPLETE_KEY] = True
+    tmp = out / f".{CARD_JSON}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(card, indent=2, default=str))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / CARD_JSON)
     return card
-
-
-def read_card(model_dir: str | Path) -> dict | None:
-    path = Path(model_dir) / CARD_JSON
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))

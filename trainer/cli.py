@@ -24,6 +24,9 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="override: where the checkpoint is written")
     p.add_argument("--max-steps", type=int, help="override: training.max_steps")
     p.add_argument("--threads", type=int, help="override: torch threads (default from the config, else 1)")
+    p.add_argument("--skip-if-complete", action="store_true",
+                   help="do nothing if output_dir already holds a complete checkpoint trained with this same "
+                        "config and data (checked against its harness_card.json); otherwise train")
 
 
 def add_train_args(subparsers) -> argparse.ArgumentParser:
@@ -45,11 +48,21 @@ register = add_train_args
 def run_train(args: argparse.Namespace) -> int:
     """Run the training command; one clear error line and exit status 2 on bad input."""
     from trainer.api import train
+    from trainer.config import load_config
 
     overrides = {"model": args.model, "data.path": args.data, "output_dir": args.output_dir,
                  "training.max_steps": args.max_steps, "threads": args.threads}
     try:
-        out = train(args.train_method, args.config, overrides)
+        cfg = load_config(args.config, args.train_method, overrides)
+        if getattr(args, "skip_if_complete", False):
+            from trainer.output import up_to_date
+
+            if up_to_date(cfg):
+                print(f"[train] {cfg.output_dir}: complete and trained with this config and data; skipping",
+                      flush=True)
+                print(cfg.output_dir)
+                return 0
+        out = train(args.train_method, cfg)
     except (ValueError, ImportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,9 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
+from harness.checkpoint import staging_dir_for, verify_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import PreparedData, prepare
 from trainer.formats import JANUS, NAMED_CHAT_TEMPLATES, PromptFormat, janus_chat_template_for
@@ -53,10 +56,13 @@ def torch_dtype(name: str):
 
 
 def check_model_path(model: str) -> None:
-    """A local-looking model path that does not exist gets one clear error (not a Hub lookup)."""
+    """A local-looking model path that does not exist gets one clear error (not a Hub lookup); a previous
+    stage's output that did not finish saving is refused (``harness.checkpoint.verify_checkpoint``)."""
     looks_local = model.startswith((".", "/", "~")) or len(model.split("/")) > 2
     if looks_local and not Path(model).exists():
+        verify_checkpoint(model)  # names an interrupted training run into that path, if there was one
         raise ValueError(f"model path {model} does not exist")
+    verify_checkpoint(model)
 
 
 def load_tokenizer(cfg: TrainConfig):
@@ -90,7 +96,11 @@ def trl_args(config_cls, cfg: TrainConfig, method_defaults: dict):
     if unknown:
         raise ValueError(f"{cfg.source}: unknown field(s) training.{', training.'.join(unknown)} "
                          f"for {config_cls.__name__}")
-    kwargs = {**BASE_ARGS, **method_defaults, "output_dir": cfg.output_dir, "seed": cfg.seed}
+    if "output_dir" in cfg.training:
+        raise ValueError(f"{cfg.source}: training.output_dir is not allowed: set the top-level output_dir; "
+                         "TRL's checkpoints go to a staging directory beside it, removed when the model is saved")
+    # TRL writes (intermediate checkpoints) only into the staging dir beside the output: see trainer/output.py
+    kwargs = {**BASE_ARGS, **method_defaults, "output_dir": str(staging_dir_for(cfg.output_dir)), "seed": cfg.seed}
     if not torch.cuda.is_available():
         kwargs["use_cpu"] = True
     if cfg.dtype == "bfloat16":
@@ -147,28 +157,68 @@ def merge_adapter(out: Path, cfg: TrainConfig, method: str) -> None:
     merged.save_pretrained(out)
 
 
+def _barrier(trainer) -> None:
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None and accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+
+
 def run_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str, extra: dict | None = None,
                  save_tokenizer_template: bool = True) -> Path:
-    """Train, save the checkpoint (merged if LoRA), the data report and the model card."""
+    """Train, save the checkpoint (merged if LoRA), the data report and the model card, atomically.
+
+    Every method saves through here: the model is assembled in the staging dir beside ``cfg.output_dir``,
+    the card goes in last, and only then is the directory put in place (``trainer/output.py``)."""
+    from trainer import output
+
+    out = Path(cfg.output_dir)
+    main = trainer.is_world_process_zero()
+    staging = staging_dir_for(out)
+    fingerprint = None
+    if main:
+        staging = output.claim(cfg)
+        fingerprint = output.config_fingerprint(cfg)
+    _barrier(trainer)
+    try:
+        stage = _train_and_save(trainer, cfg, tok, data, method, extra, save_tokenizer_template, staging,
+                                fingerprint, main)
+        if not main:
+            return out
+        output.publish(stage, out)
+    except BaseException:
+        if main and staging.exists():
+            print(f"[train] training failed; removing {staging}", file=sys.stderr, flush=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"[train] saved to {out}", flush=True)
+    return out
+
+
+def _train_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str, extra: dict | None,
+                    save_tokenizer_template: bool, staging: Path, fingerprint: str | None, main: bool) -> Path:
+    """Train and write the complete model into ``<staging>/model``; return that directory."""
+    from trainer import output
     from trainer.card import write_card
 
     started = time.time()
     result = trainer.train()
     seconds = time.time() - started
-    out = Path(cfg.output_dir)
+    stage = output.begin_model(cfg, staging) if main else staging / "model"
+    _barrier(trainer)
     # save_model gathers DeepSpeed ZeRO-3 / FSDP shards; with LoRA it writes the adapter only
-    trainer.save_model(str(out))
+    trainer.save_model(str(stage))
+    _barrier(trainer)
     eval_metrics = {}
     if data.eval and trainer.eval_dataset is not None:
         eval_metrics = {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
-    if not trainer.is_world_process_zero():
-        return out
+    if not main:
+        return stage
     peft = _is_peft(trainer.model)
     if peft and cfg.merge_lora:
-        merge_adapter(out, cfg, method)
+        merge_adapter(stage, cfg, method)
     if method == "rm":
         # the head reads the last non-pad token: the saved config must know the pad id used in training
-        config_path = out / "config.json"
+        config_path = stage / "config.json"
         config = json.loads(config_path.read_text())
         if config.get("pad_token_id") is None:
             config["pad_token_id"] = tok.pad_token_id
@@ -176,10 +226,10 @@ def run_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str
     if cfg.format == JANUS and save_tokenizer_template:
         # the checkpoint carries the format it was trained on, so apply_chat_template reproduces it
         tok.chat_template = janus_chat_template_for(tok)
-    tok.save_pretrained(out)
+    tok.save_pretrained(stage)
     # the card records the arguments as JSON; keep the checkpoint free of pickles
-    (out / "training_args.bin").unlink(missing_ok=True)
-    (out / "data_report.json").write_text(json.dumps(data.report.to_dict(), indent=2), encoding="utf-8")
+    (stage / "training_args.bin").unlink(missing_ok=True)
+    (stage / "data_report.json").write_text(json.dumps(data.report.to_dict(), indent=2), encoding="utf-8")
     losses = loss_history(trainer)
     stats = {
         "global_steps": int(trainer.state.global_step),
@@ -192,7 +242,7 @@ def run_and_save(trainer, cfg: TrainConfig, tok, data: PreparedData, method: str
         "adapter_only": bool(peft and not cfg.merge_lora),
         **(extra or {}),
     }
-    write_card(out, cfg, data.report, stats, method)
+    write_card(stage, cfg, data.report, stats, method, fingerprint)  # last: it lists the files above
     print(f"[train] {method}: {stats['global_steps']} steps in {seconds:.1f}s, loss "
-          f"{stats['first_loss']} -> {stats['final_loss']}; saved to {out}", flush=True)
-    return out
+          f"{stats['first_loss']} -> {stats['final_loss']}", flush=True)
+    return stage

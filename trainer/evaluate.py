@@ -21,6 +21,9 @@ def response_loss(model_dir: str, rows: list[dict], prompt_format: str = "tokeni
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.checkpoint import verify_checkpoint
+
+    verify_checkpoint(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     fmt = PromptFormat(prompt_format, tok)

@@ -213,12 +213,15 @@ def load_reward_model(path: str | Path, kind: str = "auto", prompt_format: str |
     """Load a reward model directory as a scorer. ``kind``: auto, sequence_classification or value_head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from harness.checkpoint import verify_checkpoint
     from trainer.card import read_card
     from trainer.common import torch_dtype
 
     path = Path(path)
     if not path.exists():
+        verify_checkpoint(path)  # an interrupted `harness train rm` into this path says so
         raise ValueError(f"reward model path {path} does not exist")
+    verify_checkpoint(path)  # a training output whose save did not finish is refused
     kind = detect_kind(path) if kind == "auto" else kind
     if kind not in KINDS:
         raise ValueError(f"unknown reward model kind '{kind}'; known: auto, {', '.join(KINDS)}")

@@ -39,6 +39,8 @@ class OpenAIBackend(Backend):
         if key is None:
             raise ValueError(f"openai backend: environment variable {api_key_env} is not set")
         self._client_args = dict(base_url=base_url, api_key=key, max_retries=0, timeout=timeout_s)
+        # the call layer scrubs these from any error text it stores
+        self.secrets = [key] if key != "EMPTY" else []
         self._clients: dict[int, object] = {}
         self._openai = openai
 

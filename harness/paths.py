@@ -1,0 +1,98 @@
+"""Safe file names and output paths.
+
+Model, judge, task and label names chosen by the user end up in file names (``harness export``,
+``harness rerank``). :func:`check_name` refuses any name that could leave the output folder or
+hide a file, and :func:`safe_join` checks that a path built under an output folder stays in it,
+following symbolic links.
+
+:func:`make_temp_file` and :func:`make_temp_dir` are ``tempfile.mkstemp``/``mkdtemp`` without
+their private modes: the kernel applies the umask (and a default ACL) exactly as it does to
+any file or folder the user creates, so a result written through a temp file and a rename is as
+readable as one written in place.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+#: characters allowed in a name: ASCII letters and digits, and ``. _ - @ + = [ ]``
+#: (``[`` and ``]`` because best-of-n models are named ``<model>@bo<n>[<scorer>]``)
+NAME_CHARS = "A-Za-z0-9._@+=\\[\\]-"
+NAME_MAX = 200  # bytes: room for suffixes like "_single.jsonl" within the usual 255-byte file name limit
+_BAD_CHAR = re.compile(f"[^{NAME_CHARS}]")
+
+
+def check_name(name: str, where: str) -> str:
+    """Return ``name`` if it is safe as one file name component, else raise ``ValueError``.
+
+    Allowed: 1 to 200 ASCII letters, digits and ``. _ - @ + = [ ]``, not starting with ``.`` or
+    ``-``. So no path separators, no NUL, no spaces or other whitespace, no ``.``/``..``, no hidden
+    files and nothing a command line would read as an option. ``where`` (e.g. ``"models[2].name"``,
+    ``"--label"``) names the setting in the error message.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: a name must be a string, got {type(name).__name__} {name!r}")
+    if not name:
+        raise ValueError(f"{where}: the name is empty")
+    if name in (".", ".."):
+        raise ValueError(f"{where}: {name!r} is not a valid name")
+    bad = _BAD_CHAR.search(name)
+    if bad:
+        ch = bad.group()
+        what = {"/": "a path separator '/'", "\\": "a path separator '\\'", "\0": "a NUL character"}.get(
+            ch, "whitespace" if ch.isspace() else repr(ch))
+        raise ValueError(f"{where}: name {name!r} contains {what}; names may use only ASCII letters, digits "
+                         f"and . _ - @ + = [ ]")
+    if name[0] in ".-":
+        raise ValueError(f"{where}: name {name!r} must not start with {name[0]!r}")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"{where}: name {name[:40]!r}... is {len(name)} characters long (at most {NAME_MAX})")
+    return name
+
+
+def safe_join(root: str | Path, *parts: str | Path) -> Path:
+    """``root / part / ...``, resolved (symbolic links followed); ``ValueError`` unless it lies below
+    ``root`` (itself resolved). Absolute parts, ``..`` and links that point out of ``root`` are refused.
+    With no parts, the resolved ``root``."""
+    base = Path(root).resolve()
+    if not parts:
+        return base
+    try:
+        path = Path(root).joinpath(*parts).resolve()
+    except (ValueError, OSError) as e:  # e.g. an embedded NUL, a symlink loop
+        raise ValueError(f"{root}: invalid path {'/'.join(map(str, parts))!r}: {e}") from None
+    if base not in path.parents:
+        raise ValueError(f"{root}: path {'/'.join(map(str, parts))!r} leads outside the output folder "
+                         f"(to {path})")
+    return path
+
+
+def _temp_name(dir: Path, prefix: str, suffix: str) -> Path:
+    return Path(dir) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+
+
+def make_temp_file(dir: str | Path, prefix: str = "tmp", suffix: str = "") -> tuple[int, str]:
+    """Like ``tempfile.mkstemp`` (a new file, opened for writing, exclusive), but created with mode
+    0o666 less the umask instead of 0o600. Returns (fd, path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        path = _temp_name(Path(dir), prefix, suffix)
+        try:
+            return os.open(path, flags, 0o666), str(path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dir}: no free temporary file name with prefix {prefix!r}")
+
+
+def make_temp_dir(dir: str | Path, prefix: str = "tmp", suffix: str = "") -> Path:
+    """Like ``tempfile.mkdtemp``, but created with mode 0o777 less the umask instead of 0o700."""
+    for _ in range(100):
+        path = _temp_name(Path(dir), prefix, suffix)
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dir}: no free temporary folder name with prefix {prefix!r}")
