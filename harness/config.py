@@ -48,9 +48,11 @@ class JudgeConfig(ModelConfig):
 class TaskConfig:
     name: str
     limit: int | None = None
-    judge: str | None = None  # judge name; default: the task's own
+    judge: str | None = None  # judge kind; default: the task's own
     options: dict = field(default_factory=dict)
     judge_options: dict = field(default_factory=dict)
+    # this task's judge model (each benchmark's official judge differs); default: the run's `judge`
+    judge_model: "JudgeConfig | None" = None
 
 
 @dataclass
@@ -69,6 +71,10 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d.pop("source")
         return d
+
+    def judge_for(self, t: TaskConfig) -> "JudgeConfig | None":
+        """The judge model of a task: its own ``judge_model``, else the run's ``judge``."""
+        return t.judge_model or self.judge
 
 
 def _build(cls, d: Any, where: str, file: str):
@@ -97,6 +103,8 @@ def parse_config(raw: dict, file: str = "<config>") -> RunConfig:
     for i, t in enumerate(raw.pop("tasks", []) or []):
         if isinstance(t, str):
             t = {"name": t}
+        if isinstance(t, dict) and t.get("judge_model") is not None:
+            t = {**t, "judge_model": _build(JudgeConfig, t["judge_model"], f"tasks[{i}].judge_model", file)}
         tasks.append(_build(TaskConfig, t, f"tasks[{i}]", file))
     cfg = _build(RunConfig, {**raw, "models": models, "judge": judge, "tasks": tasks, "source": file}, "top level", file)
     validate(cfg)
@@ -120,15 +128,18 @@ def validate(cfg: RunConfig) -> None:
     _wrap(lambda: CallSettings.from_dict(cfg.calls, "calls"), f)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"{f}: seed: must be an integer, got {cfg.seed!r}")
-    if cfg.judge is not None:
-        _wrap(lambda: check_name(cfg.judge.name, "judge.name"), f)
-        _check_name(BACKENDS, cfg.judge.backend, f"{f}: judge.backend")
-        if cfg.judge.method not in ("text", "logprob"):
-            raise ConfigError(f"{f}: judge.method: must be 'text' or 'logprob', got '{cfg.judge.method}'")
-        _check_model_path(cfg.judge, f"{f}: judge.model")
-        if cfg.judge.serve is not None:
-            _check_model_path(ModelConfig(name="serve", backend="hf", model=cfg.judge.serve.get("model", "default")),
-                              f"{f}: judge.serve.model")
+    judges = [("judge", cfg.judge)] + [(f"tasks[{i}].judge_model", t.judge_model) for i, t in enumerate(cfg.tasks)]
+    for where, j in judges:
+        if j is None:
+            continue
+        _wrap(lambda: check_name(j.name, f"{where}.name"), f)
+        _check_name(BACKENDS, j.backend, f"{f}: {where}.backend")
+        if j.method not in ("text", "logprob"):
+            raise ConfigError(f"{f}: {where}.method: must be 'text' or 'logprob', got '{j.method}'")
+        _check_model_path(j, f"{f}: {where}.model")
+        if j.serve is not None:
+            _check_model_path(ModelConfig(name="serve", backend="hf", model=j.serve.get("model", "default")),
+                              f"{f}: {where}.serve.model")
     for i, t in enumerate(cfg.tasks):
         _check_name(TASKS, t.name, f"{f}: tasks[{i}].name")
         if t.judge:

@@ -1,7 +1,9 @@
-"""A deterministic scripted backend for plumbing tests and benchmarks.
+"""The ``scripted`` backend: deterministic instant answers, no model.
 
-It answers instantly with text chosen by a function of the request, so tests of the
-call layer, the store and the HTTP path do not depend on a model's quality.
+User-facing as a dry run: ``backend: scripted`` in a config runs every step of a study
+(build, generate, judge, aggregate, report) in seconds, to check a config end to end
+before paying for real calls. Tests and benchmarks use it for the same reason: the
+call layer, the store and the HTTP path are exercised without depending on a model.
 """
 from __future__ import annotations
 

@@ -373,7 +373,8 @@ def estimate(cfg: RunConfig) -> dict:
             rows.append({"step": "generate", "task": tcfg.name, "model": m.name, "calls": n, "cost": cost})
             total += cost
         judge_name = tcfg.judge or task.default_judge
-        if cfg.judge is not None and judge_name:
+        jcfg = cfg.judge_for(tcfg)
+        if jcfg is not None and judge_name:
             judge = JUDGES.get(judge_name)(dict(tcfg.judge_options))
             n, chars = 0, 0
             for inst in instances:
@@ -382,9 +383,9 @@ def estimate(cfg: RunConfig) -> dict:
                     n += 1
                     chars += sum(len(mm["content"]) for mm in call.messages)
             n, chars = n * len(cfg.models), chars * len(cfg.models)
-            p = _price(settings.prices, f"{cfg.judge.backend}:{cfg.judge.model}", cfg.judge.model) or {}
+            p = _price(settings.prices, f"{jcfg.backend}:{jcfg.model}", jcfg.model) or {}
             cost = (chars / 4 * p.get("prompt", 0) + n * 512 * p.get("completion", 0)) / 1e6
-            rows.append({"step": "judge", "task": tcfg.name, "model": cfg.judge.name, "calls": n, "cost": cost})
+            rows.append({"step": "judge", "task": tcfg.name, "model": jcfg.name, "calls": n, "cost": cost})
             total += cost
     return {"rows": rows, "total_calls": sum(r["calls"] for r in rows), "total_cost": total}
 
@@ -415,9 +416,11 @@ async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None =
     if "generate" in steps or "score" in steps:
         for tcfg in cfg.tasks:
             await run.score(tcfg)
-    if "judge" in steps and cfg.judge is not None:
+    if "judge" in steps:
         for tcfg in cfg.tasks:
-            st = await run.judge(tcfg, cfg.judge, models)
+            if cfg.judge_for(tcfg) is None:
+                continue
+            st = await run.judge(tcfg, cfg.judge_for(tcfg), models)
             log.info("judge %s: %d requests, %d from cache, %d failed", tcfg.name, st.requests, st.cached,
                      st.failed)
     if "aggregate" in steps:

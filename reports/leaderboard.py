@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.jsonl import read_jsonl
 from reports import stats
 from reports.significance import score_table
 
@@ -74,24 +75,11 @@ def _read_json(path: Path) -> dict:
 
 def read_samples(path: Path) -> list[dict]:
     """Rows of one samples/<task>.jsonl; a bad line is an error naming the file, line and field."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e}); truncated file?") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
-            for f in REQUIRED_SAMPLE_FIELDS:
-                if f not in row:
-                    raise ValueError(f"{path}:{lineno}: missing field '{f}'")
-            s = row["score"]
-            if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))):
-                raise ValueError(f"{path}:{lineno}: field 'score' must be a number or null, got {s!r}")
-            rows.append(row)
+    rows = read_jsonl(path, tuple(REQUIRED_SAMPLE_FIELDS))
+    for n, row in enumerate(rows, 1):
+        s = row["score"]
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))):
+            raise ValueError(f"{path}: record {n}: field 'score' must be a number or null, got {s!r}")
     return rows
 
 

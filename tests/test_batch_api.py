@@ -15,7 +15,7 @@ from harness.batch_api import BatchJob, batch_judge, request_body, result_from_b
 from harness.calls import CallCache, CallLayer, CallSettings
 from harness.config import load_config
 from harness.fake import ScriptedBackend, judge_like_answer
-from harness.fake_batch_server import build_batch_app
+from support.fake_batch_server import build_batch_app
 from harness.pipeline import run_all
 from harness.serve import ServerThread
 

@@ -171,7 +171,7 @@ def test_bad_sample_line_is_a_clear_error(tmp_path):
                                                           "score": 5.0}]})
     with open(run / "samples" / "mt_bench.jsonl", "a") as fh:
         fh.write('{"task": "mt_bench", "instance_id": "2", "model": "m"}\n')
-    with pytest.raises(ValueError, match=r"mt_bench.jsonl:2: missing field 'score'"):
+    with pytest.raises(ValueError, match=r"mt_bench.jsonl: line 2: missing field 'score'"):
         make_report([run], tmp_path / "out", B=200)
     assert not (tmp_path / "out").exists()  # nothing half-written
     with open(run / "samples" / "mt_bench.jsonl", "w") as fh:

@@ -252,3 +252,22 @@ def test_sharded_rtp_run_equals_single_process(tmp_path, data_dir):
 
     for kind in ("instance", "completion", "score"):
         assert keys(tmp_path / "single", kind) == keys(tmp_path / "merged", kind), kind
+
+
+def test_each_task_may_name_its_own_judge_model(tmp_path, data_dir):
+    cfg = parse_config({
+        "name": "tj", "data_dir": str(data_dir),
+        "models": [{"name": "m1", "backend": "scripted", "model": "w"}],
+        "judge": {"name": "run-judge", "backend": "no-verdict-first", "model": "judge"},
+        "tasks": [{"name": "mt_bench", "limit": 2,
+                   "judge_model": {"name": "mt-judge", "backend": "scripted", "model": "gpt-4"}},
+                  {"name": "arena_hard", "limit": 1}],
+    })
+    out = asyncio.run(run_all(cfg, tmp_path / "run"))
+    store = RunStore(tmp_path / "run")
+    judges = {(j.task, j.judge_model) for j in store.iter("judgment")}
+    assert judges == {("mt_bench", "mt-judge"), ("arena_hard", "run-judge")}
+    assert out["results"]["mt_bench"]["m1"]["n"] == 2
+    # the config as run round-trips (shards and merges read it back)
+    again = parse_config(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()))
+    assert again.tasks[0].judge_model.name == "mt-judge"
