@@ -375,7 +375,7 @@ def estimate(cfg: RunConfig) -> dict:
         judge_name = tcfg.judge or task.default_judge
         jcfg = cfg.judge_for(tcfg)
         if jcfg is not None and judge_name:
-            judge = JUDGES.get(judge_name)(dict(tcfg.judge_options))
+            judge = JUDGES.get(judge_name)(dict(tcfg.judge_options), data_dir=data)
             n, chars = 0, 0
             for inst in instances:
                 fake = Completion(task.name, inst.id, "x", ["x" * spec.max_tokens * 4] * len(inst.turns))

@@ -309,11 +309,9 @@ class JudgeScorer:
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.terminate()
-            try:
-                self.server.wait(timeout=10)
-            except Exception:  # noqa: BLE001 - best effort on shutdown
-                self.server.kill()
+            from harness.serve import stop_server_process
+
+            stop_server_process(self.server)
             self.server = None
 
 
@@ -334,17 +332,20 @@ def make_scorer(spec: str, run_dir: Path | None = None, task: str | None = None,
                 task = _select_task(store, None, str(run_dir))
             finally:
                 store.close()
-        if cfg.judge is None:
-            raise RerankError(f"{run_dir / 'config.yaml'}: judge: no judge configured")
         tcfg = next((t for t in cfg.tasks if t.name == task), None)
+        jcfg = cfg.judge_for(tcfg) if tcfg else cfg.judge
+        if jcfg is None:
+            raise RerankError(f"{run_dir / 'config.yaml'}: judge: no judge configured")
         name = spec.partition(":")[2] or (tcfg.judge if tcfg else None) or TASKS.get(task).default_judge
         options = dict(tcfg.judge_options) if tcfg else {}
-        if cfg.judge.method == "logprob":
+        if jcfg.method == "logprob":
             options["method"] = "logprob"
         if calls is None:
             raise RerankError(f"scorer '{spec}': a judge scorer needs the call layer (pass calls=CallLayer(...))")
-        judge = JUDGES.get(name)(options)
-        jcfg, server = cfg.judge, None
+        from harness.data import data_dir
+
+        judge = JUDGES.get(name)(options, data_dir=data_dir(cfg.data_dir))
+        server = None
         if jcfg.serve is not None and not jcfg.base_url:  # as the pipeline does: start the local endpoint
             from harness.serve import start_server_process
 
@@ -502,6 +503,9 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
     run_dir = Path(out) if out else (candidates if candidates.is_dir() else None)
     if run_dir is None:
         raise RerankError("--out: a run directory is needed when --candidates is a file")
+    from harness.lock import RunLock
+
+    lock = RunLock(run_dir).acquire()  # the run's store is written: no run may write it meanwhile
     target = RunStore(run_dir)
     candidates_store = pool_store = RunStore(run_dir / CANDIDATES_DIR)
     own_calls = calls is None
@@ -564,6 +568,7 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
             calls.close()
         candidates_store.close()
         target.close()
+        lock.release()
 
 
 def _check_label(label: str) -> str:
