@@ -333,7 +333,10 @@ async def batch_judge(cfg, out: str | Path, wait: bool = True, poll_interval_s: 
 
     if cfg.judge is None or cfg.judge.backend != "openai":
         raise ValueError(f"{cfg.source or '<config>'}: judge.backend: the Batch API needs an 'openai' judge")
+    from harness.lock import RunLock
+
     await run_all(cfg, out, steps=("build", "generate"))
+    lock = RunLock(out).acquire()
     run = Run(cfg, out)
     try:
         reqs, backend = await collect_judge_requests(run, cfg)
@@ -345,6 +348,7 @@ async def batch_judge(cfg, out: str | Path, wait: bool = True, poll_interval_s: 
         report = job.run(reqs, wait=wait)
     finally:
         run.close()
+        lock.release()
     if not report.pending:
         # every answer is cached now: this judge step only parses and stores
         await run_all(cfg, out, steps=("judge", "aggregate"))

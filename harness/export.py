@@ -36,7 +36,10 @@ def export_run(run_dir: str | Path, out: str | Path, tasks: list[str] | None = N
             inst, comps, judg, _ = store.current(task)  # the current records only, never stale ones
             if not judg:
                 continue
-            planned += globals()[f"_export_{task}"](store, inst, [c for c in comps if c.status == "ok"], judg, out)
+            try:
+                planned += globals()[f"_export_{task}"](store, inst, [c for c in comps if c.status == "ok"], judg, out)
+            except ValueError as e:  # a stored name that cannot be a file name: say which run holds it
+                raise ValueError(f"{run_dir}: {e}") from None
     finally:
         store.close()
     # every name and path was checked while planning: a bad one stops the export before any file is written

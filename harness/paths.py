@@ -8,11 +8,15 @@ following symbolic links.
 :func:`make_temp_file` and :func:`make_temp_dir` are ``tempfile.mkstemp``/``mkdtemp`` without
 their private modes: the kernel applies the umask (and a default ACL) exactly as it does to
 any file or folder the user creates, so a result written through a temp file and a rename is as
-readable as one written in place.
+readable as one written in place. :func:`rename_exchange` swaps two paths in one step, for
+outputs published as whole folders (reports, trained models).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import platform
 import re
 import secrets
 from pathlib import Path
@@ -96,3 +100,37 @@ def make_temp_dir(dir: str | Path, prefix: str = "tmp", suffix: str = "") -> Pat
         except FileExistsError:
             continue
     raise FileExistsError(f"{dir}: no free temporary folder name with prefix {prefix!r}")
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_SYS_RENAMEAT2 = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276, "riscv64": 276, "ppc64le": 357,
+                  "s390x": 347, "i686": 353, "i386": 353}
+
+
+def rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(..., RENAME_EXCHANGE)``); False where the system or the
+    file system cannot."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    args = (_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        rc = fn(*args)
+    else:
+        nr = _SYS_RENAMEAT2.get(platform.machine().lower())
+        if nr is None:
+            return False
+        rc = libc.syscall(ctypes.c_long(nr), ctypes.c_int(args[0]), ctypes.c_char_p(args[1]),
+                          ctypes.c_int(args[2]), ctypes.c_char_p(args[3]), ctypes.c_uint(args[4]))
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

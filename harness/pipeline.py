@@ -26,7 +26,7 @@ from harness.data import data_dir as default_data_dir
 from harness.lock import RunLock
 from harness.records import Completion, Instance, Judgment, stable_hash
 from harness.registry import BACKENDS, JUDGES, TASKS
-from harness.store import RunStore, atomic_write_text, write_jsonl
+from harness.store import RunStore, atomic_write_text, remove_stale_temp_files, write_jsonl
 
 log = logging.getLogger("harness")
 
@@ -59,6 +59,7 @@ class Run:
         self.cfg = cfg
         self.dir = Path(out_dir)
         self.store = RunStore(self.dir)
+        remove_stale_temp_files(self.dir)  # a killed run's half-written outputs (the caller holds the lock)
         self.calls = CallLayer(self.dir / "cache.sqlite", CallSettings.from_dict(cfg.calls))
         self.data_dir = default_data_dir(cfg.data_dir)
         self.summary: dict = {"generation": {}, "judging": {}}

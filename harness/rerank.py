@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from harness.backends.base import GenRequest
 from harness.paths import check_name, safe_join
 from harness.records import Completion, Instance, Score, stable_hash
-from harness.store import RunStore
+from harness.store import RunStore, remove_stale_temp_files
 
 log = logging.getLogger("harness.rerank")
 
@@ -507,6 +507,7 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
 
     lock = RunLock(run_dir).acquire()  # the run's store is written: no run may write it meanwhile
     target = RunStore(run_dir)
+    remove_stale_temp_files(run_dir)
     candidates_store = pool_store = RunStore(run_dir / CANDIDATES_DIR)
     own_calls = calls is None
     calls = calls or CallLayer(run_dir / "cache.sqlite")

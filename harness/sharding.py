@@ -257,12 +257,15 @@ def merge(out: str | Path, paths: Sequence[str | Path], cfg: RunConfig | None = 
         cfg = load_config(ordered[0] / "config.yaml")
     if config_fingerprint(cfg) != configs.pop():
         raise ShardError("shard merge: the config given differs from the one the shards ran")
-    counts_by_kind = merge_stores(out, ordered)
-    run = Run(cfg, out)
-    try:
-        result = run.aggregate(cfg.tasks)
-    finally:
-        run.close()
+    from harness.lock import RunLock
+
+    with RunLock(out):
+        counts_by_kind = merge_stores(out, ordered)
+        run = Run(cfg, out)
+        try:
+            result = run.aggregate(cfg.tasks)
+        finally:
+            run.close()
     result["merged"] = {"shards": count, "records": counts_by_kind}
     return result
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import zlib
@@ -21,7 +22,9 @@ from harness.records import RECORD_TYPES, Record, stable_hash
 # 2: content-chained keys (instance content hash in every key), heads, prompt blobs
 SCHEMA_VERSION = "2"
 
+# the meta table first: a store that has it is of this format, whatever else got created
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS records (
     key TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -31,7 +34,6 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_kind ON records(kind, task, model);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 -- which records the latest step of each kind made current (see RunStore.set_head)
 CREATE TABLE IF NOT EXISTS heads (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- judge prompts, stored once by content hash (zlib-compressed JSON)
@@ -60,24 +62,36 @@ class RunStore:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._check_version()  # before anything writes: an old store is left exactly as it was
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL is crash-safe in WAL mode for process kills (only power loss can drop
             # the last commits); FULL would fsync every record.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._check_version()
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            self._create()
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"{self.path}: cannot open the run store: {e}") from None
+
+    def _create(self) -> None:
+        """Tables and the format version in one transaction: a full disk leaves all or nothing."""
+        self._db.execute("BEGIN")
+        try:
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(stmt)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
 
     def _check_version(self) -> None:
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "records" not in tables:
             return
-        version = None
+        version = SCHEMA_VERSION if "meta" in tables else None
         if "meta" in tables:
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = row[0] if row else None
+            version = row[0] if row else SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.dir}: written by an older harness (store format {version or 1}, record keys "
                              f"without content hashes); its records cannot be mixed with new ones: run into a "
@@ -238,6 +252,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(root: str | Path) -> list[Path]:
+    """Temp files of ``atomic_write_text`` that a killed process left under ``root``.
+
+    Call only while holding the run lock: no live writer can own them then.
+    """
+    stale = [p for p in Path(root).rglob(".*") if p.is_file() and _TEMP_NAME.fullmatch(p.name)]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
+
+
+# ``.<name>.<12 hex>``: the names atomic_write_text gives its temp files
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

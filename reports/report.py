@@ -4,25 +4,17 @@ judge reliability, plots and report.html in one folder.
 Everything is computed (and all inputs validated) before the first file is written, so a bad
 input stops the command with one error line and leaves no half-written report.
 
-The report is built in a folder beside the target (``.report-tmp-<name>-<token>``) and swapped into
-place in one step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames, undone by the next
-run if it was killed between them): the target folder always holds either the previous complete
-report or the new one, never a mix. A killed run's leftovers are removed by the next run into the
-same target; a run still building (it holds an flock on ``<temp folder>.lock``) is left alone.
-An existing target is replaced as a whole, so it must be a report folder (holding report.html)
+The report is built beside the target and swapped into place in one step (``reports.publish``):
+the target folder always holds either the previous complete report or the new one. An existing target is replaced as a whole, so it must be a report folder (holding report.html)
 or empty.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
-import errno
 import json
 import os
-import platform
 import re
-import secrets
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -31,11 +23,7 @@ import numpy as np
 
 from reports import html as html_report
 from reports import leaderboard, plots, significance, stats
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: leftovers of killed runs are kept
-    fcntl = None
+from reports.publish import check_target, lock_path, new_build_dir, swap_into_place, unlink_quiet, clean_leftovers
 
 BEST_OF_N_FILES = ("best_of_n.csv", "best_of_n.jsonl", "best_of_n.json")
 RUN_CRITERION = re.compile(r"^(?P<base>.+)/run(?P<run>\d+)$")
@@ -127,7 +115,7 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
     final = Path(out_dir).resolve()  # a symlinked target: the report replaces the folder it points to
     if final.parent.is_dir():
         clean_leftovers(final)
-    _check_target(final)
+    check_target(final)
     merged = leaderboard.merge_runs(run_dirs)
     board = leaderboard.build(merged, B=B, seed=seed)
     sig = significance.compare(merged.samples, baseline=baseline, pairs=pairs, B=B, seed=seed)
@@ -145,185 +133,16 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
     final.parent.mkdir(parents=True, exist_ok=True)
     # build in a sibling temp folder and swap it into place at the end: a failure or a kill leaves the
     # previous report (or nothing) at the target, never a half-written one
-    lock_fd, tmp = _new_build_dir(final)
+    lock_fd, tmp = new_build_dir(final)
     try:
         _write_outputs(tmp, board, sig, extra, merged, bon, title, max_instances)
-        _check_target(final)  # a file or a foreign folder may have appeared meanwhile
-        _swap_into_place(tmp, final)
+        check_target(final)  # a file or a foreign folder may have appeared meanwhile
+        swap_into_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        _unlink(_lock(tmp))  # a trash folder left by a failed swap is the next run's to restore or remove
+        unlink_quiet(lock_path(tmp))  # a trash folder left by a failed swap is the next run's to restore or remove
         os.close(lock_fd)
     return Path(out_dir) / "report.html"
-
-
-# ----------------------------------------------------------------------------- atomic replacement
-TMP_PREFIX = ".report-tmp-"
-_TOKEN_HEX = 12  # secrets.token_hex(6)
-
-
-def _tmp_prefix(final: Path) -> str:
-    return f"{TMP_PREFIX}{final.name}-"
-
-
-def _leftover_re(final: Path) -> re.Pattern:
-    """Names of the temp folder, its lock file and its trash folder, for this target only."""
-    return re.compile(re.escape(_tmp_prefix(final)) + f"[0-9a-f]{{{_TOKEN_HEX}}}" + r"(?:\.lock|\.old)?")
-
-
-def _lock(tmp: Path) -> Path:
-    return tmp.with_name(tmp.name + ".lock")
-
-
-def _trash(tmp: Path) -> Path:
-    return tmp.with_name(tmp.name + ".old")
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _check_target(final: Path) -> None:
-    if final.is_symlink() or (final.exists() and not final.is_dir()):
-        raise ValueError(f"--out: {final} exists and is not a folder")
-    if final.is_dir() and not (final / "report.html").exists() and any(final.iterdir()):
-        raise ValueError(f"--out: {final} is a folder without report.html; a report replaces its folder as a "
-                         f"whole, so give a new or empty folder (or a previous report's)")
-
-
-def _new_build_dir(final: Path) -> tuple[int, Path]:
-    """A fresh ``.report-tmp-<name>-<token>`` folder beside ``final`` (mode 0o777 less the umask, like any new
-    folder) and the fd of its lock file, flocked for as long as the build runs."""
-    for _ in range(100):
-        tmp = final.with_name(_tmp_prefix(final) + secrets.token_hex(_TOKEN_HEX // 2))
-        lock = _lock(tmp)
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except FileExistsError:
-            continue
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:  # a cleaner may have removed the lock file before we locked it: start over
-                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-        try:
-            os.mkdir(tmp, 0o777)
-        except BaseException:
-            _unlink(lock)
-            os.close(fd)
-            raise
-        return fd, tmp
-    raise FileExistsError(f"{final.parent}: no free name for a temporary report folder")
-
-
-def _lock_is_free(lock: Path) -> bool:
-    """True if no live process holds ``lock`` (or it does not exist)."""
-    if fcntl is None:
-        return False
-    try:
-        fd = os.open(lock, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # also drops the lock if we got it
-    return True
-
-
-def clean_leftovers(final: Path) -> list[Path]:
-    """Remove what killed runs into ``final`` left beside it: their temp folders, and restore the previous
-    report if a run was killed between the two renames of the fallback swap. Returns the leftover folders
-    removed or restored."""
-    final = Path(final)
-    ours = _leftover_re(final)
-    bases = set()
-    for entry in final.parent.iterdir():
-        name = entry.name
-        if ours.fullmatch(name):
-            for suffix in (".lock", ".old"):
-                if name.endswith(suffix):
-                    name = name[: -len(suffix)]
-            bases.add(final.parent / name)
-        elif name.startswith(f".{final.name}.tmp-") and entry.is_dir():  # older versions' mkdtemp folders
-            bases.add(entry)
-    removed = []
-    for tmp in sorted(bases):
-        if not _lock_is_free(_lock(tmp)):
-            continue  # a live run is building there
-        if _trash(tmp).is_dir() and not final.exists():
-            os.rename(_trash(tmp), final)  # killed between "old -> trash" and "new -> final": undo
-            removed.append(_trash(tmp))
-        for p in (tmp, _trash(tmp)):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-        _unlink(_lock(tmp))
-    return removed
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_SYS_RENAMEAT2 = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276, "riscv64": 276, "ppc64le": 357,
-                  "s390x": 347, "i686": 353, "i386": 353}
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2(..., RENAME_EXCHANGE)``); False where the system or the
-    file system cannot."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return False
-    args = (_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    fn = getattr(libc, "renameat2", None)
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        rc = fn(*args)
-    else:
-        nr = _SYS_RENAMEAT2.get(platform.machine().lower())
-        if nr is None:
-            return False
-        rc = libc.syscall(ctypes.c_long(nr), ctypes.c_int(args[0]), ctypes.c_char_p(args[1]),
-                          ctypes.c_int(args[2]), ctypes.c_char_p(args[3]), ctypes.c_uint(args[4]))
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Make the complete report in ``tmp`` the one at ``final``; the previous one is removed afterwards."""
-    if not final.exists():
-        os.rename(tmp, final)  # atomic; fails if a non-empty folder appeared there meanwhile
-        return
-    if _exchange(tmp, final):
-        old = tmp  # the previous report now lies at the temp path
-    else:  # two renames; a kill between them is undone by clean_leftovers on the next run
-        old = _trash(tmp)
-        os.rename(final, old)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            try:
-                os.rename(old, final)  # put the previous report back
-            except OSError:
-                pass  # then it stays in the trash folder, which the next run restores
-            raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_outputs(out: Path, board, sig, extra, merged, bon, title, max_instances) -> None:

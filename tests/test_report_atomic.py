@@ -27,6 +27,7 @@ OPTS = ["--bootstrap", "100", "--baseline", "base", "--max-instances", "5"]
 # `harness report` that SIGKILLs itself at a named point of the swap (argv[1]), then the CLI arguments
 KILL_AT = r'''
 import os, signal, sys
+import reports.publish as pub
 import reports.report as r
 
 def die():
@@ -34,15 +35,15 @@ def die():
 
 point = sys.argv[1]
 if point == "before_swap":  # the new report is complete in its temp folder
-    r._swap_into_place = lambda tmp, final: die()
+    r.swap_into_place = lambda tmp, final: die()
 elif point == "after_exchange":  # swapped; the previous report not yet removed
-    exchange = r._exchange
+    exchange = pub.rename_exchange
     def _exchange(a, b):
         exchange(a, b)
         die()
-    r._exchange = _exchange
+    pub.rename_exchange = _exchange
 elif point == "between_renames":  # the fallback without renameat2: old -> trash done, new -> target not yet
-    r._exchange = lambda a, b: False
+    pub.rename_exchange = lambda a, b: False
     rename = os.rename
     def _rename(a, b):
         rename(a, b)
@@ -138,7 +139,7 @@ def test_report_killed_at_random_times_leaves_a_complete_report(reports):
 
 @pytest.mark.parametrize("point", ["before_swap", "after_exchange", "between_renames"])
 def test_report_killed_during_the_swap(reports, point, tmp_path):
-    from reports.report import _exchange
+    from harness.paths import rename_exchange as _exchange
 
     target, args, snaps, _ = reports
     (tmp_path / "x").mkdir()
@@ -160,7 +161,7 @@ def test_report_killed_during_the_swap(reports, point, tmp_path):
 
 def test_a_running_report_is_not_cleaned_up_by_another(reports):
     """The lock file tells a killed run's leftovers from a run still building."""
-    from reports.report import _lock, _new_build_dir
+    from reports.publish import lock_path as _lock, new_build_dir as _new_build_dir
 
     target, _, snaps, _ = reports
     fd, tmp = _new_build_dir(target)
@@ -213,7 +214,9 @@ def test_report_files_and_folders_get_the_umask_mode(tmp_path, monkeypatch):
     # a symlinked target: the report replaces the folder the link points to, the link stays; and the
     # fallback swap (two renames, where renameat2 is missing) ends with the new report and no leftovers
     (tmp_path / "link").symlink_to(out)
-    monkeypatch.setattr(report, "_exchange", lambda a, b: False)
+    import reports.publish
+
+    monkeypatch.setattr(reports.publish, "rename_exchange", lambda a, b: False)
     make_report(runs, tmp_path / "link", B=100, max_instances=3)
     assert (tmp_path / "link").is_symlink() and (out / "plots" / "best_of_n.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out", "run_a", "run_b"]

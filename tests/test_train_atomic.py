@@ -105,11 +105,11 @@ if point in ("card", "swap", "swap_fallback"):
         pause("card")  # README written, card not yet
         return _list(*a, **k)
     tc.list_files = list_files
-    _exchange = to._rename_exchange
+    _exchange = to.rename_exchange
     def exchange(a, b):
         pause("swap")  # the staged model complete, not yet in place
         return False if point == "swap_fallback" else _exchange(a, b)
-    to._rename_exchange = exchange
+    to.rename_exchange = exchange
     _aside = to._move_aside
     def aside(a, b):
         _aside(a, b)
@@ -140,7 +140,7 @@ if point == "random":  # signal when the save starts, and stretch every step of 
     os.rename, os.replace = slow(os.rename), slow(os.replace)
     try:
         import trainer.output as to
-        to._rename_exchange = slow(to._rename_exchange)
+        to.rename_exchange = slow(to.rename_exchange)
     except ImportError:
         pass
 

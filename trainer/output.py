@@ -19,19 +19,17 @@ The card format and the checker live in ``harness/checkpoint.py`` (the engine mu
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import os
 import shutil
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.checkpoint import (CARD_JSON, INCOMPLETE_MARKER, OWNER_FILE, STAGING_MODEL, check_card_files,
                                 is_complete, looks_like_training_output, owner_alive, owner_record,
                                 staging_dir_for)
+from harness.paths import rename_exchange
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -96,7 +94,7 @@ def publish(model: Path, out: Path) -> Path:
     (model / INCOMPLETE_MARKER).unlink(missing_ok=True)
     _fsync_tree(model)
     if out.exists() or out.is_symlink():
-        if not _rename_exchange(model, out):
+        if not rename_exchange(model, out):
             previous = staging / "previous"
             _move_aside(out, previous)
             try:
@@ -114,25 +112,6 @@ def publish(model: Path, out: Path) -> Path:
 
 def _move_aside(src: Path, dst: Path) -> None:
     os.rename(src, dst)
-
-
-def _rename_exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the OS or filesystem can't."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
-        return False
-    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 def _remove(path: Path) -> None:

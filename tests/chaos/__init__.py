@@ -1,0 +1,1 @@
+"""Chaos tests: kills, faults, concurrent runs, full/read-only disks and bad input (``pytest -m chaos``)."""
