@@ -104,7 +104,9 @@ TCC_MAXLEN, TCC_VOCAB, TCC_EMBED = 100, 20000, 50
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "harness"))
+    from harness.models import cache_root
+
+    return cache_root()
 
 
 def _tcc_dir_ok(d: Path) -> bool:

@@ -10,7 +10,6 @@ Generated text is untrusted: nothing here prints it; the leaderboard prints numb
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import urllib.request
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from harness.jsonl import read_jsonl
 from harness.data import data_dir as data_root
+from harness.models import cache_root
 from harness.records import Completion, Instance, Judgment, Score
 from reports import rtp_metrics
 from tasks.base import GenerationSpec, Task
@@ -68,7 +68,7 @@ class RealToxicityPrompts(Task):
         local = data_dir / "realtoxicityprompts" / fname
         if local.is_file():
             return local
-        cached = Path(os.environ.get("HARNESS_CACHE_DIR", Path.home() / ".cache" / "harness")) / "rtp" / fname
+        cached = cache_root() / "rtp" / fname
         if cached.is_file():
             return cached
         if url:

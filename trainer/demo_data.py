@@ -10,7 +10,6 @@ for reproducing JANUS numbers.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 REJECTED_MODELS = ("llama-13b", "alpaca-13b", "dolly-v2-12b")
@@ -36,10 +35,9 @@ SYSTEM_BY_CATEGORY = {
 
 
 def shared_data_dir() -> Path:
-    env = os.environ.get("HARNESS_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    from harness.data import data_dir
+
+    return data_dir()
 
 
 def _jsonl(path: Path) -> list[dict]:
