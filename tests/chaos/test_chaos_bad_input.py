@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sqlite3
 import traceback
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from harness.cli import main
+from support.stores import write_old_format_store
 
 pytestmark = pytest.mark.chaos
 
@@ -114,13 +114,7 @@ def a_directory(q: Path):
 
 def old_format_run(tmp, data):
     out = tmp / "out"
-    out.mkdir()
-    db = sqlite3.connect(out / "run.sqlite")
-    db.executescript("CREATE TABLE records (key TEXT PRIMARY KEY, kind TEXT NOT NULL, task TEXT, model TEXT, "
-                     "status TEXT, data TEXT NOT NULL);")
-    db.execute("INSERT INTO records VALUES ('mt_bench/81', 'instance', 'mt_bench', NULL, 'ok', '{}')")
-    db.commit()
-    db.close()
+    write_old_format_store(out)
     return _run(tmp, _cfg(tmp)), [str(out), "older harness"], out
 
 

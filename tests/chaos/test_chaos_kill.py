@@ -22,7 +22,8 @@ import pytest
 from harness.fake import ScriptedBackend
 from harness.serve import Faults, ServerThread, build_app
 
-from .helpers import (SECRET, comparable, count, files_with, judgment_values, logical_duplicates, mt_bench_config,
+from .helpers import (KILL_IN_ATOMIC_WRITE, SECRET,
+                      comparable, count, files_with, judgment_values, logical_duplicates, mt_bench_config,
                       ok_keys, seeds, sigkill, temp_leftovers, wait_until)
 
 pytestmark = pytest.mark.chaos
@@ -163,19 +164,6 @@ def test_sigkill_harness_judge_then_rerun_equals_uninterrupted(seed, judge, refe
     check_complete(sandbox, out, reference, chaos)
 
 
-# `harness run` that SIGKILLs itself when it is about to rename the temp file of argv[1] into place
-KILL_IN_ATOMIC_WRITE = r'''
-import os, signal, sys
-name = sys.argv[1]
-_replace = os.replace
-def replace(src, dst, *a, **k):
-    if os.path.basename(str(dst)) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _replace(src, dst, *a, **k)
-os.replace = replace
-from harness.cli import main
-sys.exit(main(sys.argv[2:]))
-'''
 
 
 def test_kill_inside_an_atomic_write_leaves_no_temp_file_after_the_rerun(sandbox, chaos):

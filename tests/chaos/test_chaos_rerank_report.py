@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, Sandbox, count, logical_duplicates, records, seeds, sigkill, temp_leftovers, wait_until
+from .helpers import (KILL_IN_ATOMIC_WRITE, REPO, Sandbox, count, logical_duplicates, records, seeds, sigkill,
+                      temp_leftovers, wait_until)
 
 pytestmark = pytest.mark.chaos
 
@@ -184,18 +185,6 @@ def test_sigkill_rerank_then_rerun_equals_uninterrupted(seed, rerank_inputs, rer
     assert stray == []
 
 
-KILL_IN_ATOMIC_WRITE = r'''
-import os, signal, sys
-name = sys.argv[1]
-_replace = os.replace
-def replace(src, dst, *a, **k):
-    if os.path.basename(str(dst)) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _replace(src, dst, *a, **k)
-os.replace = replace
-from harness.cli import main
-sys.exit(main(sys.argv[2:]))
-'''
 
 
 def test_kill_inside_the_analysis_write_leaves_no_temp_file(rerank_inputs, rerank_reference, sandbox, chaos):
