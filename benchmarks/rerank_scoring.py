@@ -81,8 +81,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from harness.rm_batching import BucketedScorer, score_per_prompt
-    from trainer.reward_model import load_reward_model
+    from harness.backends.rm_batching import BucketedScorer, score_per_prompt
+    from harness.backends.reward_model import load_reward_model
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     groups = load_pool(args.prompts, args.candidates)

@@ -15,7 +15,7 @@
    version and the scored text's hash match, so rescoring a pool with the same scorer costs nothing and a
    killed job resumes with the unscored candidates only. Scorers: a reward model directory (the harness's
    TRL RM, a JANUS-RM / OpenRLHF value-head checkpoint, any sequence classifier; batched by
-   ``harness.rm_batching``), ``judge`` (the run config's judge through the call layer: mean parsed value),
+   ``harness.backends.rm_batching``), ``judge`` (the run config's judge through the call layer: mean parsed value),
    or ``toxicity[:NAME]`` (minus the toxicity probability: a penalty).
 3. **Selection.** For each n, the virtual model ``<model>@bo<n>[<scorer>]`` gets one ``Completion`` per
    instance in the run store: the highest-scored of samples ``0..n-1`` (ties: the lowest sample index, as
@@ -231,12 +231,12 @@ def _file_fingerprint(path: Path) -> str:
 
 
 class RewardModelScorer:
-    """A reward model checkpoint (``trainer.reward_model``) with the bucketed cross-prompt batching."""
+    """A reward model checkpoint (``harness.backends.reward_model``) with the bucketed cross-prompt batching."""
 
     def __init__(self, path: str | Path, max_tokens: int | None = None, max_batch: int | None = None,
                  name: str | None = None, **load_options: Any):
-        from harness.rm_batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, BucketedScorer
-        from trainer.reward_model import load_reward_model
+        from harness.backends.rm_batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, BucketedScorer
+        from harness.backends.reward_model import load_reward_model
 
         path = Path(path)
         rm = load_reward_model(path, **load_options)

@@ -80,7 +80,7 @@ def _triples(data_dir, n_prompts=6, per_prompt=4) -> list[tuple]:
 # bucketed batch scorer == one-at-a-time scoring
 # ----------------------------------------------------------------------------------------------
 def test_plan_batches_respects_the_token_budget():
-    from harness.rm_batching import plan_batches
+    from harness.backends.rm_batching import plan_batches
 
     rng = random.Random(1)
     lengths = [rng.randint(1, 300) for _ in range(200)]
@@ -101,8 +101,8 @@ def test_plan_batches_respects_the_token_budget():
 @pytest.mark.parametrize("layout", ["seq_cls_rm", "value_head_rm"])
 @pytest.mark.parametrize("mode", ["padded", "cpu-default", "cuda-default"])
 def test_bucketed_scorer_equals_one_at_a_time(layout, mode, request, data_dir):
-    from harness.rm_batching import BucketedScorer, plan_batches, score_one_at_a_time, score_per_prompt
-    from trainer.reward_model import SEQ_CLS, VALUE_HEAD, load_reward_model
+    from harness.backends.rm_batching import BucketedScorer, plan_batches, score_one_at_a_time, score_per_prompt
+    from harness.backends.reward_model import SEQ_CLS, VALUE_HEAD, load_reward_model
 
     rm = load_reward_model(request.getfixturevalue(layout))
     assert rm.kind == (SEQ_CLS if layout == "seq_cls_rm" else VALUE_HEAD)
@@ -249,9 +249,9 @@ def test_best_of_n_models_are_written_judged_and_ranked(bench_run, seq_cls_rm):
     from harness.calls import CallLayer
     from harness.pipeline import run_all
     from harness.rerank import JANUS_SAMPLING, make_scorer, rerank
-    from harness.rm_batching import score_one_at_a_time
+    from harness.backends.rm_batching import score_one_at_a_time
     from harness.store import RunStore
-    from trainer.reward_model import load_reward_model
+    from harness.backends.reward_model import load_reward_model
 
     cfg, run_dir = bench_run
     scorer = make_scorer(str(seq_cls_rm), max_tokens=400)

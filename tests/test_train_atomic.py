@@ -460,7 +460,7 @@ def test_skip_if_complete(tiny_model_dir, sft_data, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 def test_a_later_stage_and_the_reward_loader_refuse_an_incomplete_output(previous, sft_data, tmp_path):
     from trainer.api import train
-    from trainer.reward_model import load_reward_model
+    from harness.backends.reward_model import load_reward_model
 
     broken = _copy(previous, tmp_path, "stage1")
     (broken / CARD_JSON).unlink()

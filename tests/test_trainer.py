@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from trainer.data import DataConfig, DataError, prepare  # noqa: E402
-from trainer.formats import JANUS, PromptFormat, janus_prompt  # noqa: E402
+from harness.formats import JANUS, PromptFormat, janus_prompt  # noqa: E402
 
 SYSTEM = "You are a patient tutor for a user who prefers short answers with one example."
 
@@ -68,7 +68,7 @@ def test_janus_prompt_matches_janus_inference_template():
 
 
 def test_janus_checkpoint_template_renders_the_training_prompt(tiny_model_dir):
-    from trainer.formats import janus_chat_template_for
+    from harness.formats import janus_chat_template_for
 
     tok = _tok(tiny_model_dir)
     tok.chat_template = janus_chat_template_for(tok)
@@ -246,7 +246,7 @@ def test_reward_model_trains_and_scores_through_the_scorer(tiny_model_dir, pair_
     from trainer.api import train
     from trainer.card import read_card
     from trainer.data import read_rows
-    from trainer.reward_model import SEQ_CLS, load_reward_model
+    from harness.backends.reward_model import SEQ_CLS, load_reward_model
 
     out = train("rm", _config(tiny_model_dir, tmp_path / "rm", pair_file))
     card = read_card(out)
@@ -304,7 +304,7 @@ def _direct_reward(base, head, tok, system, prompt, response):
 def test_janus_rm_loader_equals_a_direct_forward_pass(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from trainer.reward_model import VALUE_HEAD, detect_kind, load_reward_model
+    from harness.backends.reward_model import VALUE_HEAD, detect_kind, load_reward_model
 
     base, head = _save_value_head_checkpoint(tiny_model_dir, tmp_path / "janus_rm")
     assert detect_kind(tmp_path / "janus_rm") == VALUE_HEAD
@@ -321,7 +321,7 @@ def test_janus_rm_loader_equals_a_direct_forward_pass(tiny_model_dir, tmp_path):
 def test_janus_rm_normalises_with_mean_and_std_from_config(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from trainer.reward_model import load_reward_model
+    from harness.backends.reward_model import load_reward_model
 
     base, head = _save_value_head_checkpoint(tiny_model_dir, tmp_path / "janus_rm", mean=0.25, std=2.0)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -332,7 +332,7 @@ def test_janus_rm_normalises_with_mean_and_std_from_config(tiny_model_dir, tmp_p
 
 
 def test_not_a_reward_model_is_a_clear_error(tiny_model_dir, tmp_path):
-    from trainer.reward_model import load_reward_model
+    from harness.backends.reward_model import load_reward_model
 
     with pytest.raises(ValueError, match="not a reward model"):
         load_reward_model(tiny_model_dir)

@@ -71,7 +71,7 @@ def _readme(card: dict) -> str:
     dropped = ", ".join(f"{k}: {v}" for k, v in d["dropped"].items() if v) or "none"
     usage = ("Use as a model: `--model <this dir>` (hf backend); prompt format "
              f"`{card['prompt_format']}`." if card["kind"] == "causal_lm" else
-             "Use as a reward model: `trainer.reward_model.load_reward_model(<this dir>)` "
+             "Use as a reward model: `harness.backends.reward_model.load_reward_model(<this dir>)` "
              "scores (system message, prompt, response) -> float; best-of-n reranking takes it as is.")
     lines = [
         f"# {card['method'].upper()} checkpoint trained with janus-harness",

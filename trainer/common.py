@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from harness.backends.reward_model import torch_dtype
 from harness.checkpoint import staging_dir_for, verify_checkpoint
+from harness.formats import JANUS, NAMED_CHAT_TEMPLATES, PromptFormat, janus_chat_template_for
 from trainer.config import TrainConfig
 from trainer.data import PreparedData, prepare
-from trainer.formats import JANUS, NAMED_CHAT_TEMPLATES, PromptFormat, janus_chat_template_for
 
 # Our defaults for every run; a config's ``training:`` section overrides them.
 BASE_ARGS = {
@@ -44,15 +45,6 @@ def quiet_progress() -> None:
         datasets.disable_progress_bars()
     except ImportError:  # pragma: no cover
         pass
-
-
-def torch_dtype(name: str):
-    import torch
-
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {name!r}") from None
 
 
 def check_model_path(model: str) -> None:

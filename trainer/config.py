@@ -23,8 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.formats import FORMATS
 from trainer.data import DataConfig, DataError
-from trainer.formats import FORMATS
 
 METHODS = ("sft", "dpo", "orpo", "rm")
 

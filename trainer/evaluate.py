@@ -11,8 +11,8 @@ import argparse
 import json
 import math
 
+from harness.formats import PromptFormat
 from trainer.data import SFT, prepare
-from trainer.formats import PromptFormat
 
 
 def response_loss(model_dir: str, rows: list[dict], prompt_format: str = "tokenizer", max_length: int = 2048,

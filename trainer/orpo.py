@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.formats import PromptFormat
 from trainer.common import (load_causal_lm, load_tokenizer, peft_config, prepare_data, run_and_save, set_threads,
                             trl_args)
 from trainer.config import TrainConfig
 from trainer.data import PAIR
 from trainer.dpo import pair_records
-from trainer.formats import PromptFormat
 
 TESTED_TRL = "1.16.0"
 

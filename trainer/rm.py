@@ -1,7 +1,7 @@
 """A personalised reward model with TRL's RewardTrainer.
 
 The model reads the system message: each side of a pair is tokenised exactly as the scorer in
-``trainer.reward_model`` tokenises at inference (``PromptFormat.reward_ids``), so training and
+``harness.backends.reward_model`` tokenises at inference (``PromptFormat.reward_ids``), so training and
 best-of-n scoring see the same text. The head is ``AutoModelForSequenceClassification`` with one label,
 read at the last non-pad token.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.formats import PromptFormat
 from trainer.common import (check_model_path, load_tokenizer, peft_config, run_and_save, set_threads,
                             torch_dtype, trl_args)
 from trainer.config import TrainConfig
 from trainer.data import PAIR, prepare
-from trainer.formats import PromptFormat
 
 
 def reward_records(rows: list[dict], fmt: PromptFormat, max_length: int) -> list[dict]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.formats import PromptFormat
 from trainer.common import (load_causal_lm, load_tokenizer, peft_config, prepare_data, run_and_save, set_threads,
                             trl_args)
 from trainer.config import TrainConfig
 from trainer.data import SFT
-from trainer.formats import PromptFormat
 
 
 def sft_records(rows: list[dict], fmt: PromptFormat) -> list[dict]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from trainer.reward_model import VALUE_HEAD, RewardScorer
+from harness.backends.reward_model import VALUE_HEAD, RewardScorer
 
 DEFAULT_MAX_TOKENS = 16384  # padded tokens per forward pass
 DEFAULT_MAX_BATCH = 64
@@ -96,7 +96,7 @@ def forward_rewards(scorer: RewardScorer, ids, mask, unpadded_fast_path: bool = 
 
 
 def _value_head_unpadded(model, ids):
-    """The value-head reward (``trainer.reward_model``) of rows without padding: the value at the last token."""
+    """The value-head reward (``harness.backends.reward_model``) of rows without padding: the value at the last token."""
     hidden = model.base(input_ids=ids).last_hidden_state[:, -1]
     reward = model.value_head(hidden).squeeze(-1)
     if model.normalize:
@@ -119,7 +119,7 @@ def _ensure_pad_token(scorer: RewardScorer) -> None:
 
 
 class BucketedScorer:
-    """Scores (system, prompt, response) triples with a ``trainer.reward_model.RewardScorer``."""
+    """Scores (system, prompt, response) triples with a ``harness.backends.reward_model.RewardScorer``."""
 
     def __init__(self, scorer: RewardScorer, max_tokens: int = DEFAULT_MAX_TOKENS,
                  max_batch: int = DEFAULT_MAX_BATCH, pad_tolerance: float | None = None):

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from trainer.formats import CHAT, JANUS, PromptFormat
+from harness.formats import CHAT, JANUS, PromptFormat
 
 SEQ_CLS = "sequence_classification"
 VALUE_HEAD = "value_head"
@@ -213,9 +213,7 @@ def load_reward_model(path: str | Path, kind: str = "auto", prompt_format: str |
     """Load a reward model directory as a scorer. ``kind``: auto, sequence_classification or value_head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from harness.checkpoint import verify_checkpoint
-    from trainer.card import read_card
-    from trainer.common import torch_dtype
+    from harness.checkpoint import read_card, verify_checkpoint
 
     path = Path(path)
     if not path.exists():
@@ -239,3 +237,13 @@ def load_reward_model(path: str | Path, kind: str = "auto", prompt_format: str |
     model.to(device)
     version = str(card.get("created") or json.loads((path / "config.json").read_text()).get("_name_or_path", ""))
     return RewardScorer(model, tok, kind, fmt, max_length, device, name=path.name, version=version)
+
+
+def torch_dtype(name: str):
+    """A dtype name of the configs (float32, bfloat16, float16) as a torch dtype."""
+    import torch
+
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {name!r}") from None
