@@ -167,7 +167,7 @@ class Run:
         if not name:
             return {}
         from harness.records import Score
-        from judges.toxicity import ascore_completions, make_scorer, summarize_scores
+        from harness.backends.toxicity import ascore_completions, make_scorer, summarize_scores
 
         opts = dict(task.options.get("scorer_options", {}))
         if name == "perspective":
@@ -318,7 +318,7 @@ class Run:
                "results": results, "failures": failures, "calls": self.calls.stats.to_dict(),
                "summary": self.summary}
         atomic_write_text(self.dir / "results.json", json.dumps(out, indent=2, default=str))
-        from reports.run_leaderboard import write_run_leaderboard
+        from harness.run_leaderboard import write_run_leaderboard
 
         write_run_leaderboard(self.dir, results)
         return out

