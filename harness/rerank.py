@@ -166,7 +166,8 @@ def load_file_pool(path: Path, store: RunStore, task: str | None, model: str) ->
             store.put(known[iid])
         for s, t in pairs:
             comps[(iid, s)] = Completion(task=task, instance_id=iid, model=model, texts=[t], sample_index=s,
-                                         instance_key=known[iid].key, backend="file", gen_config_hash=gen_hash, metadata={"source": str(path)})
+                                         instance_key=known[iid].key, backend="file", gen_config_hash=gen_hash,
+                                         metadata={"source": str(path)})
     store.put_many(comps.values())
     return task, known
 

@@ -5,8 +5,8 @@ Everything is computed (and all inputs validated) before the first file is writt
 input stops the command with one error line and leaves no half-written report.
 
 The report is built beside the target and swapped into place in one step (``reports.publish``):
-the target folder always holds either the previous complete report or the new one. An existing target is replaced as a whole, so it must be a report folder (holding report.html)
-or empty.
+the target folder always holds either the previous complete report or the new one. An existing
+target is replaced as a whole, so it must be a report folder (holding report.html) or empty.
 """
 from __future__ import annotations
 

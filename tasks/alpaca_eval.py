@@ -21,12 +21,15 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from harness.data import sha256_file
+from harness.paths import check_name, safe_join
 from harness.records import Completion, Instance, Judgment, Score
+from harness.store import atomic_write_text
 from reports import alpaca_eval_metrics as M
 from tasks.base import GenerationSpec, Task
 
@@ -418,3 +421,15 @@ class AlpacaEval(Task):
                 notes.append(f"{diff_path}: not the official instruction_difficulty.csv (sha256 {digest[:12]}...); "
                              "predicted LC values use this file")
         return table, notes
+
+    # -- official files (harness export)
+    @classmethod
+    def export_files(cls, store, inst, comps, judg, out: Path) -> list[tuple[Path, Callable[[Path], None]]]:
+        """The official files of this run's judgments, planned (path, writer): nothing is written here."""
+        frames, _ = cls().annotation_frames(inst, comps, judg)
+        plan = []
+        for model, df in frames.items():
+            p = safe_join(out, "alpaca_eval", check_name(model, "alpaca_eval: model name"), "annotations.json")
+            text = df.to_json(orient="records", indent=2, force_ascii=False)
+            plan.append((p, lambda p, text=text: atomic_write_text(p, text)))
+        return plan

@@ -14,11 +14,14 @@ import argparse
 import io
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from harness.jsonl import read_jsonl
+from harness.paths import check_name, safe_join
 from harness.records import Completion, Instance, Judgment, Score
+from harness.store import write_jsonl
 from reports import arena_hard_metrics as AH
 from tasks.base import GenerationSpec, Task
 
@@ -338,3 +341,19 @@ class ArenaHard(Task):
         for n in notes:
             print(f"note: {n}", file=sys.stderr)
         return format_table(table, args.format, label)
+
+    # -- official files (harness export)
+    @classmethod
+    def export_files(cls, store, inst, comps, judg, out: Path) -> list[tuple[Path, Callable[[Path], None]]]:
+        """The official files of this run's judgments, planned (path, writer): nothing is written here."""
+        rows, _ = cls().judgment_rows(inst, judg)
+        judge_of = {j.model: j.judge_model for j in judg}
+        by_model: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            by_model.setdefault((judge_of.get(r["model"], "judge"), r["model"]), []).append(r)
+        plan = []
+        for (judge, model), rs in by_model.items():
+            p = safe_join(out, "arena_hard", "model_judgment", check_name(judge, "arena_hard: judge name"),
+                          check_name(model, "arena_hard: model name") + ".jsonl")
+            plan.append((p, lambda p, rs=rs: write_jsonl(p, rs)))
+        return plan

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from harness.data import require
 from harness.jsonl import read_jsonl
+from harness.paths import check_name, safe_join
 from harness.records import Instance
+from harness.store import write_jsonl
 from judges.mt_bench_judge import NEED_REF_CATS
 from tasks.base import GenerationSpec, Task
 
@@ -170,6 +173,29 @@ class MTBench(Task):
         from harness.run_leaderboard import markdown_table
 
         return markdown_table(table)
+
+    # -- official files (harness export)
+    @classmethod
+    def export_files(cls, store, inst, comps, judg, out: Path) -> list[tuple[Path, Callable[[Path], None]]]:
+        """The official files of this run's judgments, planned (path, writer): nothing is written here."""
+        by_judge: dict[str, list[dict]] = {}
+        for j in judg:
+            if j.parse_status == "error":
+                continue
+            qid = int(j.instance_id) if j.instance_id.isdigit() else j.instance_id
+            by_judge.setdefault(j.judge_model, []).append({
+                "question_id": qid, "model": j.model,
+                "judge": [j.judge_model, (j.details or {}).get("judge_prompt", "single")],
+                "user_prompt": (store.judge_prompt(j) or [{}])[-1].get("content", ""),
+                "judgment": j.raw or "", "score": j.value if j.parse_status == "ok" else -1,
+                "turn": int(j.criterion[4:]), "tstamp": 0.0})
+        plan = []
+        for judge_model, rows in by_judge.items():
+            rows.sort(key=lambda r: (r["model"], str(r["question_id"]), r["turn"]))
+            name = check_name(judge_model, "mt_bench: judge name") + "_single.jsonl"
+            p = safe_join(out, "mt_bench", "model_judgment", name)
+            plan.append((p, lambda p, rows=rows: write_jsonl(p, rows)))
+        return plan
 
 
 def _bootstrap_ci(x: np.ndarray, b: int = 2000, seed: int = 0) -> tuple[float | None, float | None]:
