@@ -12,10 +12,6 @@ import pandas as pd
 
 from harness.store import atomic_write_text
 
-HEADLINE = {"mt_bench": "score", "alpaca_eval": "win_rate", "arena_hard": "score",
-            "multifaceted_bench": "score", "real_toxicity_prompts": "expected_max_toxicity"}
-
-
 def _fmt(v, floatfmt: str) -> str:
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -35,8 +31,8 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
 def run_leaderboard_frame(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
     rows: dict[str, dict] = {}
     for task, per_model in results.items():
-        metric = HEADLINE.get(task, "score")
         for model, m in (per_model or {}).items():
+            metric = m.get("primary_metric", "score")  # each task declares its headline metric
             r = rows.setdefault(model, {"model": model})
             r[f"{task}/{metric}"] = m.get(metric)
             if m.get(f"{metric}_lower") is not None:

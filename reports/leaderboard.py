@@ -33,7 +33,6 @@ from harness.jsonl import read_jsonl
 from reports import stats
 from reports.significance import score_table
 
-TASK_ORDER = ["multifaceted_bench", "alpaca_eval", "arena_hard", "mt_bench", "real_toxicity_prompts"]
 REQUIRED_SAMPLE_FIELDS = ("task", "instance_id", "model", "score")
 CI_SUFFIXES = ("_lower", "_upper", "_se", "_ci")
 
@@ -56,8 +55,8 @@ class Merged:
 
     @property
     def tasks(self) -> list[str]:
-        names = set(self.results) | set(self.samples)
-        return [t for t in TASK_ORDER if t in names] + sorted(names - set(TASK_ORDER))
+        # the order the runs list them in (their configs' task order), first run first
+        return list(dict.fromkeys([*self.results, *self.samples]))
 
     @property
     def models(self) -> list[str]:
