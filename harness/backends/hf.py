@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 import time
@@ -10,6 +11,9 @@ from pathlib import Path
 from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob
 from harness.models import looks_local, resolve_model_path
 from harness.templates import render_chat
+
+# one process-wide lock: torch's default generator is process-wide too
+_SAMPLING_LOCK = threading.Lock()
 
 
 class HFBackend(Backend):
@@ -113,12 +117,16 @@ class HFBackend(Backend):
         if sample:
             kwargs.update(temperature=r0.temperature, top_p=r0.top_p, top_k=0)
             seed_src = "|".join(f"{r.seed}:{r.sample_index}:{t}" for r, t in zip(reqs, texts))
-            torch.manual_seed(int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16))
+            seed = int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if r0.repetition_penalty:
             kwargs["repetition_penalty"] = r0.repetition_penalty
-        with torch.no_grad():
+        # sampling draws from torch's one global generator, seeded just above: two batches sampling
+        # at once (call-layer concurrency > 1) would interleave their draws and change each other's text
+        with (_SAMPLING_LOCK if sample else contextlib.nullcontext()), torch.no_grad():
+            if sample:
+                torch.manual_seed(seed)
             gen = model.generate(**enc, **kwargs)
         seqs = gen.sequences[:, enc["input_ids"].shape[1]:]
         eos_ids = set(_as_list(model.generation_config.eos_token_id)) | {tok.eos_token_id}
