@@ -8,7 +8,6 @@ into a dict and back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from harness.backends.base import TransientError
 from harness.redact import redact
-from harness.store import StoreError
+from harness.store import StoreError, write_transaction
 
 log = logging.getLogger("harness.calls")
 
@@ -164,14 +163,9 @@ class CallCache:
         now = time.time()
         rows = [(k, m, json.dumps(d, ensure_ascii=False), now) for k, m, d in items]
         with self._lock:
-            try:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", rows)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise StoreError(f"{self.path}: cannot write the call cache: {e}") from None
+            write_transaction(self._db,
+                              lambda db: db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", rows),
+                              f"{self.path}: cannot write the call cache")
 
     def __len__(self) -> int:
         with self._lock:

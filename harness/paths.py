@@ -19,6 +19,8 @@ import os
 import platform
 import re
 import secrets
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 #: characters allowed in a name: ASCII letters and digits, and ``. _ - @ + = [ ]``
@@ -73,8 +75,11 @@ def safe_join(root: str | Path, *parts: str | Path) -> Path:
     return path
 
 
+TEMP_TOKEN_CHARS = 12  # hex characters of the random part of a temp name
+
+
 def _temp_name(dir: Path, prefix: str, suffix: str) -> Path:
-    return Path(dir) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+    return Path(dir) / f"{prefix}{secrets.token_hex(TEMP_TOKEN_CHARS // 2)}{suffix}"
 
 
 def make_temp_file(dir: str | Path, prefix: str = "tmp", suffix: str = "") -> tuple[int, str]:
@@ -100,6 +105,32 @@ def make_temp_dir(dir: str | Path, prefix: str = "tmp", suffix: str = "") -> Pat
         except FileExistsError:
             continue
     raise FileExistsError(f"{dir}: no free temporary folder name with prefix {prefix!r}")
+
+@contextmanager
+def staged(target: Path, is_dir: bool = False):
+    """Yield a temp path beside ``target`` (a file, or a folder with ``is_dir``); on success it
+    replaces ``target`` by a rename. A failure removes the temp path and a kill can leave only a
+    dot-named temp beside it, so ``target`` is never half-written. Modes follow the umask."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}."
+    if is_dir:
+        tmp = make_temp_dir(target.parent, prefix=prefix)
+    else:
+        fd, name = make_temp_file(target.parent, prefix=prefix, suffix=".part")
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
 
 
 _RENAME_EXCHANGE = 2

@@ -198,15 +198,9 @@ def merge_stores(out: str | Path, shard_dirs: Sequence[Path]) -> dict:
 
 
 def _merge_side_tables(store: RunStore, shard: Path) -> None:
-    """Judge prompts and heads: instance heads are the union of the shards' parts; the
-    generation and judge heads are the same in every shard of one config."""
     src = RunStore(shard)
     try:
-        for key, value in src.heads().items():
-            if key.startswith("instances/"):
-                value = sorted(set(store.head(key) or []) | set(value))
-            store.set_head(key, value)
-        store.copy_blobs(src)
+        store.merge_heads_and_blobs(src)
     finally:
         src.close()
 

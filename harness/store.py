@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from harness.paths import TEMP_TOKEN_CHARS, make_temp_file
 from harness.records import RECORD_TYPES, Record, stable_hash
 
 # 2: content-chained keys (instance content hash in every key), heads, prompt blobs
@@ -88,8 +89,8 @@ class RunStore:
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "records" not in tables:
             return
-        version = SCHEMA_VERSION if "meta" in tables else None
-        if "meta" in tables:
+        version = None  # no meta table: written before store formats were versioned
+        if "meta" in tables:  # created first, in the same transaction as the version row
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             version = row[0] if row else SCHEMA_VERSION
         if version != SCHEMA_VERSION:
@@ -118,16 +119,8 @@ class RunStore:
                                 db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)", rows)))
 
     def _write(self, fn) -> None:
-        """One transaction; a full or read-only disk becomes a StoreError naming the file."""
         with self._lock:
-            try:
-                self._db.execute("BEGIN")
-                fn(self._db)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise StoreError(f"{self.path}: cannot write the run store: {e}") from None
+            write_transaction(self._db, fn, f"{self.path}: cannot write the run store")
 
     def judge_prompt(self, rec) -> list[dict] | None:
         """The full prompt a judgment was sent with."""
@@ -138,6 +131,20 @@ class RunStore:
         return json.loads(zlib.decompress(row[0])) if row else None
 
     # -- heads: what the latest build/generate/judge step made current
+    def set_current_instances(self, task: str, keys: list[str]) -> None:
+        self.set_head(f"instances/{task}", keys)
+
+    def set_current_generation(self, task: str, model: str, gen_hash: str) -> None:
+        self.set_head(f"generation/{task}/{model}", {"gen_hash": gen_hash})
+
+    def current_generation(self, task: str, model: str) -> str | None:
+        """The generation-config hash of a model's latest generate (or rerank) step."""
+        head = self.head(f"generation/{task}/{model}")
+        return head["gen_hash"] if head else None
+
+    def set_current_judge(self, task: str, judge: str, judge_hash: str) -> None:
+        self.set_head(f"judge/{task}", {"judge": judge, "hash": judge_hash})
+
     def set_head(self, key: str, value) -> None:
         blob = json.dumps(value, sort_keys=True)
         self._write(lambda db: db.execute("INSERT OR REPLACE INTO heads VALUES (?,?)", (key, blob)))
@@ -153,16 +160,17 @@ class RunStore:
         wanted = set(keys) if keys is not None else None
         return [i for i in self.iter("instance", task=task) if wanted is None or i.key in wanted]
 
-    def current_completions(self, task: str, ok_only: bool = True) -> list:
-        """Completions of the current instances under each model's latest generation config."""
-        current = {i.key for i in self.current_instances(task)}
-        heads: dict[str, str | None] = {}
+    def current_completions(self, task: str, ok_only: bool = True, instances: list | None = None) -> list:
+        """Completions of the current instances (``instances``, if already read) under each model's
+        latest generation config."""
+        current = {i.key for i in (self.current_instances(task) if instances is None else instances)}
+        gen_hash: dict[str, str | None] = {}
         out = []
         for c in self.iter("completion", task=task):
-            if c.model not in heads:
-                h = self.head(f"generation/{task}/{c.model}")
-                heads[c.model] = h["gen_hash"] if h else None
-            if c.instance_key in current and c.gen_config_hash == heads[c.model] and (c.status == "ok" or not ok_only):
+            if c.model not in gen_hash:
+                gen_hash[c.model] = self.current_generation(task, c.model)
+            reachable = c.instance_key in current and c.gen_config_hash == gen_hash[c.model]
+            if reachable and (c.status == "ok" or not ok_only):
                 out.append(c)
         return out
 
@@ -170,7 +178,7 @@ class RunStore:
         """(instances, completions, judgments, scores) reachable from the heads: what aggregation,
         export and reports read. Judgments of the latest judge config of ok completions only."""
         instances = self.current_instances(task)
-        comps = self.current_completions(task, ok_only=False)
+        comps = self.current_completions(task, ok_only=False, instances=instances)
         ok = {c.key for c in comps if c.status == "ok"}
         head = self.head(f"judge/{task}")
         judgments = [] if head is None else [
@@ -179,14 +187,18 @@ class RunStore:
         scores = [s for s in self.iter("score", task=task) if s.completion_key in ok]
         return instances, comps, judgments, scores
 
-    def heads(self) -> dict:
-        with self._lock:
-            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM heads")}
-
-    def copy_blobs(self, other: "RunStore") -> None:
-        with other._lock:
-            rows = other._db.execute("SELECT ref, data FROM blobs").fetchall()
-        self._write(lambda db: db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?)", rows))
+    def merge_heads_and_blobs(self, part: "RunStore") -> None:
+        """Take in a shard's heads and judge prompts: instance heads are the union of the shards'
+        parts; the generation and judge heads are the same in every shard of one config."""
+        with part._lock:
+            heads = part._db.execute("SELECT key, value FROM heads").fetchall()
+            blobs = part._db.execute("SELECT ref, data FROM blobs").fetchall()
+        for key, value in heads:
+            value = json.loads(value)
+            if key.startswith("instances/"):
+                value = sorted(set(self.head(key) or []) | set(value))
+            self.set_head(key, value)
+        self._write(lambda db: db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?)", blobs))
 
     # -- reading
     def has(self, key: str, ok_only: bool = True) -> bool:
@@ -237,8 +249,6 @@ class RunStore:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temp file and rename: readers never see a half-written file. The file gets the
     mode any new file gets (0o666 less the umask), not mkstemp's 0o600."""
-    from harness.paths import make_temp_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.")
@@ -254,6 +264,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def write_transaction(db: sqlite3.Connection, fn, what: str) -> None:
+    """``fn(db)`` in one transaction; a full or read-only disk becomes a StoreError saying ``what``."""
+    try:
+        db.execute("BEGIN")
+        fn(db)
+        db.execute("COMMIT")
+    except sqlite3.Error as e:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise StoreError(f"{what}: {e}") from None
+
+
+# ``.<name>.<token>``: the names atomic_write_text gives its temp files (harness.paths.make_temp_file)
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{%d}" % TEMP_TOKEN_CHARS)
+
+
 def remove_stale_temp_files(root: str | Path) -> list[Path]:
     """Temp files of ``atomic_write_text`` that a killed process left under ``root``.
 
@@ -264,10 +290,6 @@ def remove_stale_temp_files(root: str | Path) -> list[Path]:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     return stale
-
-
-# ``.<name>.<12 hex>``: the names atomic_write_text gives its temp files
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

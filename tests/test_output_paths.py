@@ -86,9 +86,9 @@ def _run_with_names(run_dir: Path, model: str = "m1", judge: str = "j") -> Path:
                                  completion_key=comp.key, value=value,
                                  prompt=[{"role": "user", "content": "judge this"}]))
         # what the build, generate and judge steps mark current
-        store.set_head(f"instances/{task}", [inst.key])
-        store.set_head(f"generation/{task}/{model}", {"gen_hash": "g"})
-        store.set_head(f"judge/{task}", {"judge": judge_kind, "hash": "h"})
+        store.set_current_instances(task, [inst.key])
+        store.set_current_generation(task, model, "g")
+        store.set_current_judge(task, judge_kind, "h")
     store.put_many(recs)
     store.close()
     return run_dir
