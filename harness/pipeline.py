@@ -52,6 +52,33 @@ def make_backend(cfg: ModelConfig):
     return cls(cfg.model, **cfg.backend_kwargs())
 
 
+def start_served(cfg: ModelConfig, log_path: Path):
+    """A model with a ``serve:`` block and no ``base_url``: start `harness serve` for it and point
+    ``base_url`` at it. Returns the server process (the caller stops it), or None."""
+    if cfg.serve is None or cfg.base_url:
+        return None
+    from harness.serve import start_server_process
+
+    opts = dict(cfg.serve)
+    proc, cfg.base_url = start_server_process(opts.get("model", "default"), cfg.model,
+                                              batch_size=int(opts.get("batch_size", 8)),
+                                              chat_template=opts.get("chat_template", "tokenizer"),
+                                              log_path=str(log_path))
+    return proc
+
+
+def make_judge(tcfg: TaskConfig, data_dir: Path, method: str = "text", name: str | None = None):
+    """The judge kind that grades a task (``name``, else ``tasks[].judge``, else the task's own),
+    with its options and the run's data dir; None for a task no judge grades."""
+    name = name or tcfg.judge or TASKS.get(tcfg.name).default_judge
+    if name is None:  # scored by a classifier, or not judged at all
+        return None
+    opts = dict(tcfg.judge_options)
+    if method == "logprob":
+        opts["method"] = method
+    return JUDGES.get(name)(opts, data_dir=data_dir)
+
+
 class Run:
     """One run directory: config, environment, records, cache, exports."""
 
@@ -77,7 +104,7 @@ class Run:
             instances = load_instances(tcfg, self.data_dir)
         self.store.put_many(instances)
         # the instances of this build are the current ones: older versions stay stored, unreachable
-        self.store.set_head(f"instances/{tcfg.name}", [i.key for i in instances])
+        self.store.set_current_instances(tcfg.name, [i.key for i in instances])
         return instances
 
     def instances(self, tcfg: TaskConfig) -> list[Instance]:
@@ -97,7 +124,7 @@ class Run:
             setattr(spec, k, v)
         backend = self._backend(mcfg)
         gen_hash = stable_hash({"spec": spec.to_dict(), "model_id": backend.model_id})
-        self.store.set_head(f"generation/{task.name}/{mcfg.name}", {"gen_hash": gen_hash})
+        self.store.set_current_generation(task.name, mcfg.name, gen_hash)
         before = CallStats(**self.calls.stats.to_dict())
         done = self.store.keys("completion")
         todo = [(inst, s) for inst in instances for s in range(spec.n_samples)
@@ -188,25 +215,14 @@ class Run:
         return summary
 
     # -- judge
-    def judge_for(self, tcfg: TaskConfig, method: str = "text"):
-        """The judge kind that grades a task: ``tasks[].judge`` or the task's own, given the run context."""
-        task = self.task(tcfg)
-        name = tcfg.judge or task.default_judge
-        if name is None:  # scored by a classifier, or not judged at all
-            return None
-        opts = dict(tcfg.judge_options)
-        if method == "logprob":
-            opts["method"] = method
-        return JUDGES.get(name)(opts, data_dir=self.data_dir)
-
     async def judge(self, tcfg: TaskConfig, jcfg: JudgeConfig, models: list[str] | None = None) -> CallStats:
         task = self.task(tcfg)
-        judge = self.judge_for(tcfg, jcfg.method)
+        judge = make_judge(tcfg, self.data_dir, jcfg.method)
         if judge is None:
             return CallStats()
         backend = self._backend(jcfg)
         jhash = stable_hash({"judge": judge.config(), "judge_model": backend.model_id})
-        self.store.set_head(f"judge/{task.name}", {"judge": judge.name, "hash": jhash})
+        self.store.set_current_judge(task.name, judge.name, jhash)
         instances = {i.id: i for i in self.instances(tcfg)}
         done = self.store.keys("judgment")
         before = CallStats(**self.calls.stats.to_dict())
@@ -275,16 +291,9 @@ class Run:
     def _backend(self, mcfg: ModelConfig):
         if id(mcfg) in self._backends:
             return self._backends[id(mcfg)]
-        if mcfg.serve is not None and not mcfg.base_url:
-            from harness.serve import start_server_process
-
-            opts = dict(mcfg.serve)
-            proc, url = start_server_process(opts.get("model", "default"), mcfg.model,
-                                             batch_size=int(opts.get("batch_size", 8)),
-                                             chat_template=opts.get("chat_template", "tokenizer"),
-                                             log_path=str(self.dir / "serve.log"))
+        proc = start_served(mcfg, self.dir / "serve.log")
+        if proc is not None:
             self._servers.append(proc)
-            mcfg.base_url = url
         self._backends[id(mcfg)] = make_backend(mcfg)
         return self._backends[id(mcfg)]
 
@@ -373,10 +382,9 @@ def estimate(cfg: RunConfig) -> dict:
             cost = (chars / 4 * p.get("prompt", 0) + n * spec.max_tokens * p.get("completion", 0)) / 1e6
             rows.append({"step": "generate", "task": tcfg.name, "model": m.name, "calls": n, "cost": cost})
             total += cost
-        judge_name = tcfg.judge or task.default_judge
         jcfg = cfg.judge_for(tcfg)
-        if jcfg is not None and judge_name:
-            judge = JUDGES.get(judge_name)(dict(tcfg.judge_options), data_dir=data)
+        judge = make_judge(tcfg, data) if jcfg is not None else None
+        if judge is not None:
             n, chars = 0, 0
             for inst in instances:
                 fake = Completion(task.name, inst.id, "x", ["x" * spec.max_tokens * 4] * len(inst.turns))
@@ -389,9 +397,6 @@ def estimate(cfg: RunConfig) -> dict:
             rows.append({"step": "judge", "task": tcfg.name, "model": jcfg.name, "calls": n, "cost": cost})
             total += cost
     return {"rows": rows, "total_calls": sum(r["calls"] for r in rows), "total_cost": total}
-
-
-STEPS = ("build", "generate", "score", "judge", "aggregate")
 
 
 async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None = None,
@@ -419,9 +424,10 @@ async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None =
             await run.score(tcfg)
     if "judge" in steps:
         for tcfg in cfg.tasks:
-            if cfg.judge_for(tcfg) is None:
+            jcfg = cfg.judge_for(tcfg)
+            if jcfg is None:
                 continue
-            st = await run.judge(tcfg, cfg.judge_for(tcfg), models)
+            st = await run.judge(tcfg, jcfg, models)
             log.info("judge %s: %d requests, %d from cache, %d failed", tcfg.name, st.requests, st.cached,
                      st.failed)
     if "aggregate" in steps:

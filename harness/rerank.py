@@ -320,9 +320,8 @@ def make_scorer(spec: str, run_dir: Path | None = None, task: str | None = None,
                 max_tokens: int | None = None, **rm_options) -> Any:
     """``spec``: a reward model directory, ``judge`` (the run config's judge) or ``toxicity[:NAME]``."""
     if spec == "judge" or spec.startswith("judge:"):
-        from harness.config import load_config
-        from harness.pipeline import make_backend
-        from harness.registry import JUDGES, TASKS
+        from harness.config import TaskConfig, load_config
+        from harness.pipeline import make_backend, make_judge, start_served
 
         if run_dir is None or not (run_dir / "config.yaml").exists():
             raise RerankError(f"scorer '{spec}': needs a run directory with config.yaml naming a judge")
@@ -337,23 +336,13 @@ def make_scorer(spec: str, run_dir: Path | None = None, task: str | None = None,
         jcfg = cfg.judge_for(tcfg) if tcfg else cfg.judge
         if jcfg is None:
             raise RerankError(f"{run_dir / 'config.yaml'}: judge: no judge configured")
-        name = spec.partition(":")[2] or (tcfg.judge if tcfg else None) or TASKS.get(task).default_judge
-        options = dict(tcfg.judge_options) if tcfg else {}
-        if jcfg.method == "logprob":
-            options["method"] = "logprob"
         if calls is None:
             raise RerankError(f"scorer '{spec}': a judge scorer needs the call layer (pass calls=CallLayer(...))")
         from harness.data import data_dir
 
-        judge = JUDGES.get(name)(options, data_dir=data_dir(cfg.data_dir))
-        server = None
-        if jcfg.serve is not None and not jcfg.base_url:  # as the pipeline does: start the local endpoint
-            from harness.serve import start_server_process
-
-            opts = dict(jcfg.serve)
-            server, jcfg.base_url = start_server_process(
-                opts.get("model", "default"), jcfg.model, batch_size=int(opts.get("batch_size", 8)),
-                chat_template=opts.get("chat_template", "tokenizer"), log_path=str(run_dir / "serve.log"))
+        judge = make_judge(tcfg or TaskConfig(name=task), data_dir(cfg.data_dir), jcfg.method,
+                           name=spec.partition(":")[2] or None)
+        server = start_served(jcfg, run_dir / "serve.log")
         return JudgeScorer(judge, make_backend(jcfg), calls, jcfg.name, server)
     if spec == "toxicity" or spec.startswith("toxicity:"):
         return ToxicityPenaltyScorer(spec.partition(":")[2] or "default")
@@ -456,7 +445,7 @@ def write_virtual_models(target: RunStore, pool: Pool, rewards: dict[str, float 
                               f"scorer version ({stale[0]}); use --label to name this reranking differently")
         target.put_many(recs)
         for gen_hash in {r.gen_config_hash for r in recs}:  # one pool: one hash; the model is current
-            target.set_head(f"generation/{pool.task}/{name}", {"gen_hash": gen_hash})
+            target.set_current_generation(pool.task, name, gen_hash)
         written[name] = len(recs)
     return written
 
@@ -522,8 +511,7 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
                 raise RerankError("--model: name the model whose candidates to rerank")
             task = _select_task(target, task, str(candidates))
             instances = {i.id: i for i in target.current_instances(task)}
-            head = target.head(f"generation/{task}/{model}")
-            run_samples = collect_pool(target, task, model, instances, head["gen_hash"] if head else None)
+            run_samples = collect_pool(target, task, model, instances, target.current_generation(task, model))
             if run_samples and all(len([s for s in v if s < n_max]) >= n_max for v in run_samples.values()):
                 samples, pool_store = run_samples, target  # the run sampled the pool itself
             else:
