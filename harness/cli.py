@@ -133,10 +133,21 @@ def cmd_serve(args) -> int:
     return run_from_args(args)
 
 
-def cmd_bench(args) -> int:
-    from tasks.multifaceted.synth import build_from_config
+def _builders() -> dict:
+    """Benchmarks that declare a builder (``build_name`` and ``build(config, out, limit)``)."""
+    out = {}
+    for name in TASKS.names():
+        try:
+            cls = TASKS.get(name)
+        except ImportError:
+            continue  # an optional extra is missing
+        if hasattr(cls, "build"):
+            out[cls.build_name] = cls
+    return out
 
-    out = build_from_config(args.config, args.out, args.limit)
+
+def cmd_bench(args) -> int:
+    out = _builders()[args.which].build(args.config, args.out, args.limit)
     print(f"bench written: {out}")
     return 0
 
@@ -204,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bp = sub.add_parser("bench", help="build benchmarks")
     bps = bp.add_subparsers(dest="bench_cmd", required=True, metavar="ACTION")
-    bb = bps.add_parser("build", help="build a benchmark (multifaceted)")
-    bb.add_argument("which", choices=["multifaceted"])
+    builders = sorted(_builders())
+    bb = bps.add_parser("build", help=f"build a benchmark ({', '.join(builders)})")
+    bb.add_argument("which", choices=builders)
     bb.add_argument("--config", required=True, help="build config (YAML)")
     bb.add_argument("--out", help="output directory")
     bb.add_argument("--limit", type=int, help="at most N instructions")

@@ -28,6 +28,14 @@ class MultifacetedBench(Task):
     primary_metric = "score"
     # JANUS's evaluation: mean over rubrics and judge runs (given a text-grading judge)
     official_metrics = ["score"]
+    build_name = "multifaceted"  # `harness bench build multifaceted --config FILE`
+
+    @classmethod
+    def build(cls, config: str, out: str | None = None, limit: int | None = None):
+        """Synthesize a bench from the five sources (``tasks.multifaceted.synth``); returns its path."""
+        from tasks.multifaceted.synth import build_from_config
+
+        return build_from_config(config, out, limit)
 
     def load(self) -> list[Instance]:
         source = self.options.get("path") or self.options.get("hub", HUB_NAME)
