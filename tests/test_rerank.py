@@ -14,6 +14,7 @@ from harness.backends.base import GenRequest
 from harness.fake import ScriptedBackend
 from harness.records import Instance
 from harness.registry import BACKENDS, JUDGES
+from support.reward_models import build_seq_cls_rm
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tasks" / "multifaceted" / "readme_example.json"
 
@@ -23,18 +24,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "tasks" / "multifaceted" / "read
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def seq_cls_rm(tiny_model_dir, tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
-
-    out = tmp_path_factory.mktemp("rm") / "seqcls-rm"
-    torch.manual_seed(3)
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.num_labels = 1
-    model = LlamaForSequenceClassification(config)
-    model.config.pad_token_id = config.pad_token_id
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
+    return build_seq_cls_rm(tiny_model_dir, tmp_path_factory.mktemp("rm") / "seqcls-rm")
 
 
 @pytest.fixture(scope="module")
@@ -432,7 +422,7 @@ def test_multi_turn_instances_are_refused_before_sampling(tmp_path, seq_cls_rm):
     store = RunStore(run_dir)
     inst = Instance(task="mt_bench", id="81", turns=["Write a blog post.", "Now rewrite it."])
     store.put(inst)
-    store.set_head("instances/mt_bench", [inst.key])
+    store.set_current_instances("mt_bench", [inst.key])
     store.close()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(
         {"name": "mt", "models": [{"name": "m1", "backend": "rerank-writer", "model": "writer"}],

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.reward_models import build_seq_cls_rm
 
 from .helpers import (KILL_IN_ATOMIC_WRITE, REPO, Sandbox, count, logical_duplicates, records, seeds, sigkill,
                       temp_leftovers, wait_until)
@@ -42,18 +43,9 @@ REPORT_OPTS = ["--bootstrap", "100", "--baseline", "base", "--max-instances", "5
 @pytest.fixture(scope="module")
 def rerank_inputs(tiny_model_dir, tmp_path_factory, data_dir):
     """A tiny reward model (test_rerank.py's seq_cls_rm) and a candidates file."""
-    torch = pytest.importorskip("torch")
-    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
-
+    pytest.importorskip("torch")
     tmp = tmp_path_factory.mktemp("rerank_inputs")
-    rm = tmp / "seqcls-rm"
-    torch.manual_seed(3)
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.num_labels = 1
-    model = LlamaForSequenceClassification(config)
-    model.config.pad_token_id = config.pad_token_id
-    model.save_pretrained(rm)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm)
+    rm = build_seq_cls_rm(tiny_model_dir, tmp / "seqcls-rm")
     root = data_dir / "mt_bench"
     questions = [json.loads(x) for x in (root / "question.jsonl").read_text().splitlines()][:N_PROMPTS]
     answers: dict = {}
