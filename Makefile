@@ -16,8 +16,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: setup models demo test test-fast test-vllm bench clean
 
 # wheels only (the project itself aside): a dependency without a wheel fails the install at
-# once instead of compiling from source for minutes (tests/test_install.py checks the same)
-PIP_INSTALL := $(VENV)/bin/pip install -q --only-binary=:all:
+# once instead of compiling from source for minutes (tests/test_install.py checks the same).
+# Allowed as sdists: three pure-Python dependencies of lm-eval that have no wheel on PyPI.
+# --no-binary must follow --only-binary=:all: (a later :all: would clear it).
+SOURCE_OK   := langdetect,sqlitedict,word2number
+PIP_INSTALL := $(VENV)/bin/pip install -q --only-binary=:all: --no-binary=$(SOURCE_OK)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

