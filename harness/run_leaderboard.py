@@ -38,6 +38,8 @@ def run_leaderboard_frame(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
             if m.get(f"{metric}_lower") is not None:
                 r[f"{task}/ci"] = f"[{m[f'{metric}_lower']:.3f}, {m[f'{metric}_upper']:.3f}]"
             r[f"{task}/n"] = m.get("n", m.get("n_prompts", m.get("n_total")))
+            for col in m.get("leaderboard_columns", []):  # a task's secondary columns (AlpacaEval's LC)
+                r[f"{task}/{col}"] = m.get(col)
     df = pd.DataFrame(list(rows.values()))
     for col in [c for c in df.columns if c.endswith("/n")]:
         df[col] = df[col].astype("Int64")  # counts stay integers next to missing cells

@@ -4,14 +4,13 @@ Statistics are in ``reports/alpaca_eval_metrics.py``; this module reads files an
 
 File leaderboard: ``harness leaderboard alpaca_eval --annotations DIR_OR_FILE [...]`` reads official
 ``annotations.json`` files and prints win_rate, standard_error, n_wins, n_wins_base, n_draws,
-n_total, discrete_win_rate, avg_length and length_controlled_winrate where computable:
-* ``--df-gamed PATH|pinned``: full LC fit (the official GLM; needs ``df_gamed.csv``);
-* ``--instruction-difficulty PATH|pinned|reconstructed``: LC predicted from the published per-model GLM
-  weights (``lc_glm_weights/baseline_gpt4_1106_preview.csv``) for models listed there;
-  ``reconstructed`` derives d_k from staged files (arena-hard-auto's stored GLM predictions inverted
-  with those weights) and says so in a note.
-``pinned`` downloads the file from the HF dataset ``tatsu-lab/alpaca_eval`` at a pinned revision and
-checks its sha256. There is never a silent fallback: a missing file is an error naming it.
+n_total, discrete_win_rate, avg_length, length_controlled_winrate and lc_source (how LC was computed).
+LC is computed by default whenever its inputs are found; ``tasks/alpaca_eval_lc.py`` says where from and
+which method applies per model. Options: ``--df-gamed PATH|pinned`` (the official v1 fit for every model),
+``--instruction-difficulty PATH|pinned|reconstructed``, ``--glm-weights PATH``. ``pinned`` downloads the
+file from the HF dataset ``tatsu-lab/alpaca_eval`` at a pinned revision and checks its sha256; without
+options nothing is downloaded. A named file that is missing is an error naming it; LC left empty is
+explained once in a note.
 """
 from __future__ import annotations
 
@@ -26,23 +25,20 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from harness.data import sha256_file
 from harness.paths import check_name, safe_join
 from harness.records import Completion, Instance, Judgment, Score
 from harness.store import atomic_write_text
 from reports import alpaca_eval_metrics as M
+from tasks import alpaca_eval_lc as LC
+from tasks.alpaca_eval_lc import read_df_gamed, read_difficulty, read_weights  # noqa: F401 (the task's API)
 from tasks.base import GenerationSpec, Task
 
 BASELINE = "gpt4_1106_preview"
-HF_REPO = "tatsu-lab/alpaca_eval"
-HF_REVISION = "2edc6fad8be6b14ea7230aabfd08188da6b8b814"
-PINNED_SHA256 = {
-    "df_gamed.csv": "97aeec3f1c7de6dee6fd31fe66f1702623f4614c3efe1c6fc5f4927cd5fd674d",
-    "instruction_difficulty.csv": "e28d875bb334f75e17acd1e4ed659b261860e3db379cf5de29060301bed0a18b",
-}
 LEADERBOARD_COLUMNS = ["win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total",
-                       "discrete_win_rate", "avg_length", "length_controlled_winrate"]
+                       "discrete_win_rate", "avg_length", "length_controlled_winrate", "lc_source"]
 REQUIRED_FIELDS = ("instruction", "output_1", "output_2", "generator_2", "preference")
+#: official whatever the LC source (the raw win rate is alpaca_eval's own computation)
+RAW_OFFICIAL = ["win_rate", "standard_error", "discrete_win_rate"]
 
 
 # ----------------------------------------------------------------------------- data locations
@@ -52,88 +48,6 @@ def resolve_data_dir(data_dir=None) -> Path:
     from harness.data import data_dir as default
 
     return default()
-
-
-def fetch_pinned(filename: str, cache_dir: str | None = None) -> Path:
-    """Download ``filename`` from the HF dataset at the pinned revision and verify its sha256."""
-    try:
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(repo_id=HF_REPO, filename=filename, repo_type="dataset",
-                                    revision=HF_REVISION, cache_dir=cache_dir))
-    except Exception as e:  # offline, 404, auth: one clear message
-        raise FileNotFoundError(
-            f"{filename}: could not download from HF dataset {HF_REPO}@{HF_REVISION[:12]} "
-            f"({type(e).__name__}); pass a local copy with --{filename.split('.')[0].replace('_', '-')} PATH"
-        ) from None
-    digest = sha256_file(path)
-    if digest != PINNED_SHA256[filename]:
-        raise ValueError(f"{path}: sha256 {digest} does not match the pinned {PINNED_SHA256[filename]}")
-    return path
-
-
-def resolve_lc_file(value: str | None, filename: str) -> Path | None:
-    """``None`` -> not used; ``pinned`` -> pinned download; otherwise a local path that must exist."""
-    if not value:
-        return None
-    if value == "pinned":
-        return fetch_pinned(filename)
-    path = Path(value)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {filename} not found")
-    return path
-
-
-def read_difficulty(path: Path) -> pd.Series:
-    """instruction_difficulty.csv (``index,instruction_difficulty``), as ``read_csv(index_col=0).squeeze()``."""
-    df = pd.read_csv(path, index_col=0)
-    if "instruction_difficulty" not in df.columns:
-        raise ValueError(f"{path}: column 'instruction_difficulty' missing")
-    d = df["instruction_difficulty"]
-    if d.isna().any():
-        raise ValueError(f"{path}: field 'instruction_difficulty' has missing values")
-    return d
-
-
-def read_weights(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, index_col=0)
-    missing = [t for t in M.GLM_TERMS if t not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: GLM weights lack column(s) {missing}")
-    return df
-
-
-def read_df_gamed(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    if "model" in df.columns:
-        df = df.drop(columns=["model"])
-    need = ["index", "preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline"]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: df_gamed.csv lacks column(s) {missing}")
-    return df
-
-
-GLM_PREDICTIONS_FILE = "ah_alpaca_2.0_lc_results.jsonl"
-
-
-def reconstruct_difficulty_from(path: Path, weights: pd.DataFrame) -> pd.Series:
-    """d_k from the per-instruction LC GLM predictions stored by arena-hard-auto (``notebook/
-    alpaca_2.0_lc_results.jsonl``, staged in lc_glm_weights/) and the published per-model weights.
-    An honest stand-in for instruction_difficulty.csv: it reproduces the leaderboard's LC prediction
-    to ~1e-10 for most models (see ``reports.alpaca_eval_metrics.reconstruct_difficulty``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: stored GLM predictions not found (needed for 'reconstructed')")
-    preds = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            if "model" not in r or "length_controlled_winrate" not in r:
-                raise ValueError(f"{path}: line {n} lacks field 'model' or 'length_controlled_winrate'")
-            preds[r["model"]] = r["length_controlled_winrate"]
-    return M.reconstruct_difficulty(preds, weights)["instruction_difficulty"]
 
 
 def read_reference(path: Path) -> list[dict]:
@@ -186,21 +100,9 @@ def read_annotations(path: Path) -> dict[str, pd.DataFrame]:
     return {str(g): part.reset_index(drop=True) for g, part in df.groupby("generator_2", sort=False)}
 
 
-def check_canonical_order(instructions: list[str], canonical: list[str], where: str) -> None:
-    """LC pairs instruction k with row position k: the rows must be the canonical instructions, in order
-    (a prefix is accepted, as upstream works with llama-2-70b-chat-hf's 804 rows)."""
-    if len(instructions) > len(canonical):
-        raise ValueError(f"{where}: {len(instructions)} rows but only {len(canonical)} AlpacaEval instructions")
-    for i, (a, b) in enumerate(zip(instructions, canonical)):
-        if a != b:
-            raise ValueError(f"{where}: row {i} field 'instruction' is not canonical instruction {i}; "
-                             "LC needs annotations in the canonical 805-instruction order")
-
-
-def model_metrics(df: pd.DataFrame, *, weights: pd.DataFrame | None = None, difficulty: pd.Series | None = None,
-                  df_gamed: pd.DataFrame | None = None, canonical: list[str] | None = None,
-                  where: str = "") -> tuple[dict, list[str]]:
-    """Leaderboard row for one model's annotation rows, and notes about exclusions/LC source."""
+def model_metrics(df: pd.DataFrame, inputs: LC.LCInputs, *, published_annotations: bool, index=None,
+                  canonical: list[str] | None = None, where: str = "") -> tuple[dict, list[str]]:
+    """Leaderboard row for one model's annotation rows (with ``lc_source``/``lc_reason``), and notes."""
     notes = []
     pref = df["preference"]
     bad = ~M.valid_preference_mask(pref)
@@ -212,23 +114,15 @@ def model_metrics(df: pd.DataFrame, *, weights: pd.DataFrame | None = None, diff
     row["avg_length"] = M.avg_length(df["output_2"])
     model = str(df["generator_2"].iloc[0])
     baseline = str(df["generator_1"].iloc[0]) if "generator_1" in df else BASELINE
-    lc, source = math.nan, "none"
-    if model == baseline:
-        lc, source = 50.0, "baseline"
-    elif df_gamed is not None:
-        if canonical is not None:
-            check_canonical_order(list(df["instruction"]), canonical, where)
-        feats = M.lc_features(df["output_1"], df["output_2"], pref, M.difficulty_from_df_gamed(df_gamed))
-        lc, source = M.fit_lc_glm(feats, df_gamed)["length_controlled_winrate"], "glm_fit"
-    elif weights is not None and difficulty is not None:
-        if model in weights.index and baseline in weights.index:
-            lc, source = M.predict_lc_winrate(weights, model, baseline, difficulty), "predicted"
-        else:
-            notes.append(f"{where}: '{model}' has no published GLM weights; LC needs --df-gamed (full fit)")
-    row["length_controlled_winrate"] = lc
-    row["lc_source"] = source
-    if source in ("glm_fit", "predicted") and M.is_extreme_change(row["win_rate"], lc):
-        notes.append(f"{where}: LC {lc:.1f} is very different from the raw win rate {row['win_rate']:.1f}")
+    lc, lc_notes = LC.compute_lc(df, inputs, model=model, baseline=baseline, win_rate=row["win_rate"],
+                                 avg_len=row["avg_length"], published_annotations=published_annotations,
+                                 index=index, canonical=canonical, where=where)
+    row.update(lc)
+    notes.extend(f"{where}: {n}" for n in lc_notes)
+    if lc["lc_source"] not in (LC.SRC_NONE, LC.SRC_BASELINE) and M.is_extreme_change(
+            row["win_rate"], lc["length_controlled_winrate"]):
+        notes.append(f"{where}: LC {lc['length_controlled_winrate']:.1f} is very different from the raw win rate "
+                     f"{row['win_rate']:.1f}")
     return row, notes
 
 
@@ -258,7 +152,8 @@ class AlpacaEval(Task):
     name = "alpaca_eval"
     default_judge = "weighted_alpaca_eval_gpt4_turbo"
     primary_metric = "win_rate"
-    official_metrics = ["win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate"]
+    # LC joins per model only when official (``LC.official_lc``): see ``aggregate``
+    official_metrics = RAW_OFFICIAL
 
     def folder(self) -> Path:
         return resolve_data_dir(self.data_dir) / "alpaca_eval_2"
@@ -311,22 +206,39 @@ class AlpacaEval(Task):
 
     def aggregate(self, instances: list[Instance], completions: list[Completion],
                   judgments: list[Judgment], scores: list[Score]) -> dict[str, dict]:
+        """Raw win rate and LC per model. The run's outputs are never the published ones, so LC is a GLM
+        fit (v1 with df_gamed.csv, else noreg), official only with the pinned file and the official judge."""
         frames, failures = self.annotation_frames(instances, completions, judgments)
-        df_gamed = None
-        path = resolve_lc_file(self.options.get("df_gamed"), "df_gamed.csv")
-        if path is not None:
-            df_gamed = read_df_gamed(path)
+        inputs = LC.load_inputs(self.folder(), difficulty=self.options.get("instruction_difficulty"),
+                                df_gamed=self.options.get("df_gamed"), predict=False)
+        by_inst = {i.id: i for i in instances}
+        judge_models: dict[str, set[str]] = {}
+        for j in judgments:
+            if j.criterion == "preference":
+                judge_models.setdefault(j.model, set()).add(j.judge_model)
+        notes = LC.describe(inputs) if frames else []
+        reasons, noreg = {}, {}
         results = {}
         for model, df in frames.items():
-            complete = len(df) == len(instances) and list(df["k"]) == list(range(len(df)))
-            row, notes = model_metrics(df, df_gamed=df_gamed if complete else None, where=f"model {model}")
-            for n in notes:
-                print(f"note: {n}", file=sys.stderr)
+            index = [by_inst[i].metadata.get("index", k) for k, i in zip(df["k"], df["instance_id"])]
+            row, n = model_metrics(df, inputs, published_annotations=False, index=index, where=f"model {model}")
+            notes.extend(n)
             row["n_parse_failures"] = failures.get(model, 0)
-            lc_source = row.pop("lc_source")
-            if lc_source == "none":
+            source = row["lc_source"]
+            if source == LC.SRC_NONE:
                 row.pop("length_controlled_winrate")
+                reasons[model] = row["lc_reason"]
+            else:
+                row.pop("lc_reason")
+            if source.startswith(LC.src_noreg("")):
+                noreg[model] = LC.NOREG_NOTE
+            official = LC.official_lc(source, judge_models.get(model, set()))
+            row["official_metrics"] = RAW_OFFICIAL + (["length_controlled_winrate"] if official else [])
+            row["leaderboard_columns"] = ["length_controlled_winrate", "lc_source"]  # the run's leaderboard.csv
             results[model] = row
+        notes += LC.group_notes(noreg, "LC of") + LC.group_notes(reasons, "LC not computed for")
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
         return results
 
     def per_sample(self, instances, completions, judgments, scores) -> list[dict]:
@@ -356,12 +268,16 @@ class AlpacaEval(Task):
         parser.add_argument("--annotations", nargs="+", required=True,
                             help="annotations.json files or directories (searched recursively)")
         parser.add_argument("--df-gamed", default=None,
-                            help="df_gamed.csv path, or 'pinned' to download it: full LC GLM fit per model")
+                            help="df_gamed.csv path, or 'pinned' to download it: the official LC GLM fit for "
+                                 "every model (default: used, for models without published weights, when found "
+                                 "in lc_glm_weights/ or the HF cache)")
         parser.add_argument("--instruction-difficulty", default=None,
                             help="instruction_difficulty.csv path, 'pinned' (download), or 'reconstructed' "
-                                 "(derived from staged files): LC predicted from published weights")
+                                 "(derived from staged files); default: the official file when found in "
+                                 "lc_glm_weights/ or the HF cache, else reconstructed")
         parser.add_argument("--glm-weights", default=None,
-                            help="per-model GLM weights CSV (default: the staged lc_glm_weights file)")
+                            help="per-model GLM weights CSV, its model names trusted (default: the staged "
+                                 "lc_glm_weights file, used for annotations equal to the published leaderboard's)")
         parser.add_argument("--reference-outputs", default=None,
                             help="reference model_outputs.json giving the canonical instruction order")
         parser.add_argument("--data-dir", default=None, help="benchmark data root (default HARNESS_DATA_DIR)")
@@ -377,49 +293,29 @@ class AlpacaEval(Task):
     @classmethod
     def leaderboard_table(cls, args) -> tuple[pd.DataFrame, list[str]]:
         data = resolve_data_dir(getattr(args, "data_dir", None)) / "alpaca_eval_2"
-        df_gamed_path = resolve_lc_file(getattr(args, "df_gamed", None), "df_gamed.csv")
-        diff_option = getattr(args, "instruction_difficulty", None)
-        reconstructed = diff_option == "reconstructed"
-        diff_path = None if reconstructed else resolve_lc_file(diff_option, "instruction_difficulty.csv")
-        df_gamed = read_df_gamed(df_gamed_path) if df_gamed_path else None
-        weights = None
-        if diff_option:
-            wpath = Path(getattr(args, "glm_weights", None) or
-                         data / "lc_glm_weights" / "baseline_gpt4_1106_preview.csv")
-            if not wpath.is_file():
-                raise FileNotFoundError(f"{wpath}: GLM weights CSV not found (--glm-weights)")
-            weights = read_weights(wpath)
-        difficulty = read_difficulty(diff_path) if diff_path else None
-        if reconstructed:
-            difficulty = reconstruct_difficulty_from(data / "lc_glm_weights" / GLM_PREDICTIONS_FILE, weights)
-        canonical = None
-        if df_gamed is not None:
-            ref = Path(getattr(args, "reference_outputs", None) or
-                       data / "reference_outputs" / BASELINE / "model_outputs.json")
-            canonical = [r["instruction"] for r in read_reference(ref)]
-        rows, notes, seen = {}, [], {}
+        inputs = LC.load_inputs(data, difficulty=getattr(args, "instruction_difficulty", None),
+                                df_gamed=getattr(args, "df_gamed", None),
+                                glm_weights=getattr(args, "glm_weights", None))
+        ref_option = getattr(args, "reference_outputs", None)
+        ref = Path(ref_option or data / "reference_outputs" / BASELINE / "model_outputs.json")
+        canonical = [r["instruction"] for r in read_reference(ref)] if ref_option or ref.is_file() else None
+        rows, notes, seen, reasons, noreg = {}, [], {}, {}, {}
         for path in find_annotation_files(list(args.annotations)):
             for model, df in read_annotations(path).items():
                 if model in seen:
                     raise ValueError(f"{path}: model '{model}' already read from {seen[model]}")
                 seen[model] = path
-                row, n = model_metrics(df, weights=weights, difficulty=difficulty, df_gamed=df_gamed,
-                                       canonical=canonical, where=str(path))
+                row, n = model_metrics(df, inputs, published_annotations=True, canonical=canonical, where=str(path))
+                if row["lc_source"] == LC.SRC_NONE:
+                    reasons[model] = row["lc_reason"]
+                elif row["lc_source"].startswith(LC.src_noreg("")):
+                    noreg[model] = LC.NOREG_NOTE
                 rows[model] = row
                 notes.extend(n)
-        table = pd.DataFrame.from_dict(rows, orient="index")
-        cols = LEADERBOARD_COLUMNS + ["lc_source"]
-        table = table[cols]
+        table = pd.DataFrame.from_dict(rows, orient="index")[LEADERBOARD_COLUMNS]
         key = table["length_controlled_winrate"].fillna(table["win_rate"])
         table = table.loc[key.sort_values(ascending=False, kind="stable").index]
-        if reconstructed:
-            notes.append("LC predicted with instruction difficulty reconstructed from arena-hard-auto's stored GLM "
-                         "predictions (not the official instruction_difficulty.csv)")
-        if diff_path is not None and diff_path.is_file():
-            digest = sha256_file(diff_path)
-            if digest != PINNED_SHA256["instruction_difficulty.csv"]:
-                notes.append(f"{diff_path}: not the official instruction_difficulty.csv (sha256 {digest[:12]}...); "
-                             "predicted LC values use this file")
+        notes += LC.describe(inputs) + LC.group_notes(noreg, "LC of") + LC.group_notes(reasons, "LC not computed for")
         return table, notes
 
     # -- official files (harness export)

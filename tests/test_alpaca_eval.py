@@ -18,6 +18,7 @@ import pytest
 from harness.records import Completion, Judgment
 from judges.alpaca_eval_judge import WeightedAlpacaEvalJudge, fill_template, is_switched, prompt_to_messages
 from reports import alpaca_eval_metrics as M
+from tasks import alpaca_eval_lc as LC
 from tasks.alpaca_eval import AlpacaEval, read_annotations, read_difficulty, read_weights
 
 ANN = "alpaca_eval_2/annotations_weighted_alpaca_eval_gpt4_turbo"
@@ -213,7 +214,7 @@ def test_full_lc_fit_agrees_with_alpaca_eval(data_dir, difficulty_csv, tmp_path,
     table, _ = AlpacaEval.leaderboard_table(args_for(
         "--annotations", str(data_dir / ANN / name), "--df-gamed", str(gamed_path), "--data-dir", str(data_dir)))
     assert table.loc[name, "length_controlled_winrate"] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-9)
-    assert table.loc[name, "lc_source"] == "glm_fit"
+    assert table.loc[name, "lc_source"] == LC.src_fit_v1(official=False)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -355,7 +356,7 @@ def test_pipeline_end_to_end_with_scripted_backends(data_dir, tmp_path):
 def test_reconstructed_difficulty_option_predicts_published_lc(data_dir, published):
     table, notes = AlpacaEval.leaderboard_table(args_for(
         "--annotations", str(data_dir / ANN), "--instruction-difficulty", "reconstructed"))
-    assert (table["lc_source"].isin(["predicted", "baseline"])).all()
+    assert (table["lc_source"].isin([LC.src_predicted(LC.DIFF_RECONSTRUCTED), LC.SRC_BASELINE])).all()
     diff = (table["length_controlled_winrate"] - published.loc[table.index, "length_controlled_winrate"]).abs()
     assert diff.max() < 0.02
     assert any("reconstructed" in n for n in notes)
