@@ -318,7 +318,12 @@ def compute_lc(df: pd.DataFrame, inputs: LCInputs, *, model: str, baseline: str,
         if canonical is None:
             return result(reason="the reference outputs (canonical instruction order) were not found, so the "
                                  "rows cannot be paired with instruction difficulty")
-        check_canonical_order(list(df["instruction"]), canonical, where)
+        try:
+            check_canonical_order(list(df["instruction"]), canonical, where)
+        except ValueError as e:
+            if inputs.fit_all:  # the fit was asked for: not doing it is an error
+                raise
+            return result(reason=str(e).removeprefix(f"{where}: "))
     try:
         if inputs.df_gamed is not None:
             lc = _fit(df, M.difficulty_from_df_gamed(inputs.df_gamed), index, inputs.df_gamed)

@@ -135,6 +135,17 @@ def test_official_difficulty_file_is_found_and_checked(data_dir, tmp_path, recon
         published.loc["claude-2", "length_controlled_winrate"], abs=0.02)
 
 
+def test_default_fit_of_rows_out_of_order_leaves_lc_empty_with_reason(data_dir, tmp_path):
+    path = _renamed_copy(data_dir, tmp_path, "vicuna-13b", "mine")
+    rows = json.loads(path.read_text())
+    rows[0], rows[1] = rows[1], rows[0]
+    path.write_text(json.dumps(rows))
+    table, notes = AlpacaEval.leaderboard_table(args_for("--annotations", str(path), str(data_dir / ANN / "claude-2")))
+    assert np.isnan(table.loc["mine", "length_controlled_winrate"]) and table.loc["mine", "lc_source"] == LC.SRC_NONE
+    assert table.loc["claude-2", "lc_source"] == PREDICTED_RECONSTRUCTED
+    assert any("LC not computed for 1 model(s) (mine)" in n and "not canonical instruction 0" in n for n in notes)
+
+
 # ----------------------------------------------------------------------------- a run's aggregate
 def _records(data_dir, task, name: str, source: str, judge_model: str = "j"):
     instances = task.load()
