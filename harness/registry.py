@@ -19,6 +19,12 @@ class Registry:
     def __init__(self, what: str):
         self.what = what
         self._items: dict[str, Any] = {}
+        # "prefix." -> factory(rest) for open families of names (lm-eval's tasks: "lm_eval.<task>")
+        self._families: dict[str, Any] = {}
+
+    def register_family(self, prefix: str, factory: str) -> None:
+        """Names ``<prefix><rest>`` resolve to ``factory(rest)`` ("module:function")."""
+        self._families[prefix] = factory
 
     def register(self, name: str, obj: Any = None):
         if obj is not None:
@@ -35,16 +41,22 @@ class Registry:
         return sorted(self._items)
 
     def get(self, name: str) -> Any:
+        for prefix, factory in self._families.items():
+            if name.startswith(prefix) and name not in self._items and len(name) > len(prefix):
+                self._items[name] = _resolve(factory)(name[len(prefix):])
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise UnknownName(f"unknown {self.what} '{name}'. Known: {', '.join(self.names())}.{hint}")
         obj = self._items[name]
         if isinstance(obj, str):
-            module, _, attr = obj.partition(":")
-            obj = getattr(importlib.import_module(module), attr)
-            self._items[name] = obj
+            obj = self._items[name] = _resolve(obj)
         return obj
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 TASKS = Registry("task")
@@ -61,6 +73,8 @@ TASKS.register("alpaca_eval", "tasks.alpaca_eval:AlpacaEval")
 TASKS.register("arena_hard", "tasks.arena_hard:ArenaHard")
 TASKS.register("multifaceted_bench", "tasks.multifaceted.task:MultifacetedBench")
 TASKS.register("real_toxicity_prompts", "tasks.real_toxicity_prompts:RealToxicityPrompts")
+TASKS.register("ifeval", "tasks.lm_eval.ifeval:IFEval")
+TASKS.register_family("lm_eval.", "tasks.lm_eval.task:lm_eval_task_class")
 
 JUDGES.register("mt_bench_single", "judges.mt_bench_judge:MTBenchSingleJudge")
 # deterministic scripted answers: dry runs and plumbing tests

@@ -1,0 +1,1 @@
+"""lm-evaluation-harness tasks inside the harness: the bridge model, the task adapter, IFEval."""
