@@ -6,6 +6,7 @@ free on the rerun.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -117,6 +118,8 @@ class Run:
     # -- generate
     async def generate(self, tcfg: TaskConfig, mcfg: ModelConfig, instances: list[Instance]) -> CallStats:
         task = self.task(tcfg)
+        if getattr(task, "drives_requests", False):
+            return await self._generate_driven(task, mcfg, instances)
         spec = task.generation_spec()
         for k, v in mcfg.generation.items():
             if not hasattr(spec, k):
@@ -165,6 +168,31 @@ class Run:
         self.summary["generation"][f"{task.name}/{mcfg.name}"] = {
             "todo": len(todo), "failed_completions": failed,
             "skipped_done": len(instances) * spec.n_samples - len(todo), **delta.to_dict()}
+        return delta
+
+    async def _generate_driven(self, task, mcfg: ModelConfig, instances: list[Instance]) -> CallStats:
+        """A task that builds its own requests (lm-eval): it runs in a worker thread and sends
+        them through the call layer on this loop; its records are stored when it returns."""
+        backend = self._backend(mcfg)
+        gen = task.model_generation(mcfg.generation, f"models[{mcfg.name}].generation")
+        gen_hash = stable_hash({"task": task.settings(), "generation": gen, "model_id": backend.model_id})
+        self.store.set_current_generation(task.name, mcfg.name, gen_hash)
+        done = self.store.keys("completion")
+        todo = [i for i in instances if Completion(task.name, i.id, mcfg.name, [], 0, instance_key=i.key,
+                                                   gen_config_hash=gen_hash).key not in done]
+        before = CallStats(**self.calls.stats.to_dict())
+        if todo:
+            loop = asyncio.get_running_loop()
+
+            def submit(reqs):
+                return asyncio.run_coroutine_threadsafe(self.calls.run(backend, reqs), loop).result()
+
+            recs = await asyncio.to_thread(task.evaluate_model, submit, backend, mcfg.name, todo, gen_hash,
+                                           self.cfg.seed, gen)
+            self.store.put_many(recs)
+        delta = _delta(self.calls.stats, before)
+        self.summary["generation"][f"{task.name}/{mcfg.name}"] = {
+            "todo": len(todo), "failed_completions": 0, "skipped_done": len(instances) - len(todo), **delta.to_dict()}
         return delta
 
     def _gen_request(self, task, spec, inst: Instance, s: int, prev: list[str], t: int) -> GenRequest:

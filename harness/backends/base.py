@@ -32,10 +32,24 @@ class GenRequest:
     sample_index: int = 0
     # Re-ask index after a parse failure: part of the cache key so a re-ask is a new call.
     attempt: int = 0
+    # Token-level requests (the lm-eval bridge tokenizes exactly as lm-eval does): generate from
+    # ``prompt_tokens``; with ``continuation_tokens`` set, score them instead of generating
+    # (the log-probability of the continuation given the prompt tokens, and whether greedy
+    # decoding would produce it).
+    prompt_tokens: list[int] | None = None
+    continuation_tokens: list[int] | None = None
+
+    @property
+    def is_loglikelihood(self) -> bool:
+        return self.continuation_tokens is not None
 
     def content(self) -> dict:
         """Everything that determines the answer (not transport settings)."""
         d = asdict(self)
+        # fields added later are left out while unset, so older cache keys stay valid
+        for name in _OPTIONAL_FIELDS:
+            if d[name] is None:
+                del d[name]
         return d
 
     def group_key(self) -> str:
@@ -46,6 +60,9 @@ class GenRequest:
 
     def cache_key(self, model_id: str) -> str:
         return stable_hash({"model": model_id, **self.content()}, 40)
+
+
+_OPTIONAL_FIELDS = ("prompt_tokens", "continuation_tokens")
 
 
 @dataclass
@@ -66,6 +83,10 @@ class GenResult:
     cost: float = 0.0
     cached: bool = False
     error: str | None = None  # set when the call failed after all retries
+    # loglikelihood requests: sum of the continuation tokens' log-probabilities, and whether
+    # each continuation token was the argmax
+    loglikelihood: float | None = None
+    is_greedy: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,6 +122,8 @@ class Backend:
     supports_n: bool = False
     #: how many ``generate`` calls may run at once
     default_concurrency: int = 1
+    #: whether ``generate`` answers loglikelihood requests (``GenRequest.continuation_tokens``)
+    supports_loglikelihood: bool = False
 
     def __init__(self, model: str, **options: Any):
         self.model = model

@@ -20,6 +20,7 @@ class HFBackend(Backend):
     name = "hf"
     max_batch = 8
     default_concurrency = 1
+    supports_loglikelihood = True
     local = True  # no HTTP timeout: a CPU batch can take minutes
 
     def __init__(self, model: str, chat_template: str = "tokenizer", dtype: str = "float32",
@@ -74,6 +75,10 @@ class HFBackend(Backend):
     def tokenizer(self):
         return self.load()[1]
 
+    @property
+    def config(self):
+        return self.load()[0].config
+
     def render(self, req: GenRequest) -> str:
         tok = self.tokenizer
         if req.messages is not None:
@@ -82,6 +87,8 @@ class HFBackend(Backend):
         return req.prompt or ""
 
     def sort_key(self, req: GenRequest):
+        if req.prompt_tokens is not None:
+            return (len(req.prompt_tokens) + len(req.continuation_tokens or ()), req.max_tokens)
         text = req.prompt if req.messages is None else "".join(m["content"] for m in req.messages)
         return (len(text or ""), req.max_tokens)
 
@@ -92,23 +99,77 @@ class HFBackend(Backend):
         # one generate() per distinct sampling setup; rows are independent otherwise
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            sig = (r.max_tokens, r.temperature, r.top_p, r.repetition_penalty, r.logprobs, r.top_logprobs,
-                   tuple(r.stop or ()))
+            if r.is_loglikelihood:
+                sig: tuple = ("loglikelihood",)
+            else:
+                sig = (r.max_tokens, r.temperature, r.top_p, r.repetition_penalty, r.logprobs, r.top_logprobs,
+                       tuple(r.stop or ()), r.prompt_tokens is not None)
             groups.setdefault(sig, []).append(i)
         out: list[GenResult | None] = [None] * len(requests)
-        for idx in groups.values():
-            for i, res in zip(idx, self._generate_group([requests[i] for i in idx])):
+        for sig, idx in groups.items():
+            run = self._loglikelihood_group if sig == ("loglikelihood",) else self._generate_group
+            for i, res in zip(idx, run([requests[i] for i in idx])):
                 out[i] = res
         return out  # type: ignore[return-value]
+
+    def _loglikelihood_group(self, reqs: list[GenRequest]) -> list[GenResult]:
+        t0 = time.perf_counter()
+        seqs = [list(r.prompt_tokens or []) + list(r.continuation_tokens) for r in reqs]
+        starts = [len(r.prompt_tokens or []) for r in reqs]
+        scored = self.score_tokens(seqs, starts)
+        latency = (time.perf_counter() - t0) / len(reqs)
+        return [GenResult(loglikelihood=sum(lp for lp, _, _ in rows), is_greedy=all(g for _, g, _ in rows),
+                          finish_reason="scored", prompt_tokens=len(seq), latency_s=latency)
+                for rows, seq in zip(scored, seqs)]
+
+    def score_tokens(self, seqs: list[list[int]], starts: list[int], top_k: int = 0
+                     ) -> list[list[tuple[float, bool, list[tuple[int, float]]]]]:
+        """Per token ``seq[j]`` for ``j >= start`` (``start >= 1``): its log-probability given
+        ``seq[:j]``, whether it is the argmax, and the ``top_k`` most likely token ids.
+
+        One right-padded forward pass per batch; the last token is never fed in (it predicts
+        nothing), which is how lm-eval's ``hf`` model builds its loglikelihood inputs.
+        """
+        import torch
+
+        model, tok = self.load()
+        out = []
+        for b in range(0, len(seqs), self.max_batch):
+            chunk, chunk_starts = seqs[b:b + self.max_batch], starts[b:b + self.max_batch]
+            inps = [s[:-1] for s in chunk]
+            width = max(len(x) for x in inps)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in inps], dtype=torch.long)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in inps], dtype=torch.long)
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, seq, start in zip(logp, chunk, chunk_starts):
+                if start < 1:
+                    raise ValueError("score_tokens: the first scored token needs at least one token before it")
+                targets = torch.tensor(seq[start:], dtype=torch.long)
+                lp = row[start - 1:len(seq) - 1]  # position j-1 predicts token j
+                chosen = lp.gather(1, targets.unsqueeze(1)).squeeze(1)
+                greedy = lp.argmax(-1) == targets
+                tops = [[]] * len(targets)
+                if top_k:
+                    vals, idxs = lp.topk(top_k, dim=-1)
+                    tops = [list(zip(i.tolist(), v.tolist())) for v, i in zip(vals, idxs)]
+                out.append([(float(c), bool(g), t) for c, g, t in zip(chosen, greedy, tops)])
+        return out
 
     def _generate_group(self, reqs: list[GenRequest]) -> list[GenResult]:
         import torch
 
         model, tok = self.load()
         t0 = time.perf_counter()
-        texts = [self.render(r) for r in reqs]
-        # chat templates already contain BOS/special tokens
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=reqs[0].messages is None)
+        if reqs[0].prompt_tokens is not None:  # tokenized by the caller: used as given
+            texts = [str(r.prompt_tokens) for r in reqs]
+            enc = _left_pad([r.prompt_tokens for r in reqs], tok.pad_token_id)
+        else:
+            texts = [self.render(r) for r in reqs]
+            # chat templates already contain BOS/special tokens
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=reqs[0].messages is None)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         r0 = reqs[0]
         sample = r0.temperature > 0
@@ -184,6 +245,15 @@ def weights_fingerprint(path: str) -> str:
             fh.seek(max(0, f.stat().st_size - (1 << 20)))
             h.update(fh.read())
     return f"{p.name}-{h.hexdigest()[:12]}"
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> dict:
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
 
 
 def _as_list(x) -> list:
