@@ -3,7 +3,9 @@
 It gives tests and the demo a real HTTP judge endpoint on 127.0.0.1: chat and legacy
 completions, ``n`` > 1, logprobs/top_logprobs, and vLLM's ``continue_final_message``
 extension (used for logprob scoring). Concurrent requests are gathered into batches
-for the backend.
+for the backend. ``/v1/completions`` also takes token-id prompts, several prompts per
+request and ``echo`` with ``logprobs`` (prompt log-probabilities), which is what
+lm-eval's ``local-completions`` model needs (``harness/serve_completions.py``).
 
 Fault injection, to test a client's reliability: with --fault-rate P each request fails
 with probability P, the kind drawn uniformly from --fault-kinds (default: all):
@@ -31,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 
 from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob
+from harness import serve_completions as completions_api
 
 
 FAULT_KINDS = ("429", "500", "timeout", "truncated_json", "empty_choices", "null_content", "echo_secret",
@@ -93,15 +96,20 @@ class Faults:
 
 
 class Batcher:
-    """Collects concurrent requests into backend batches of at most ``max_batch``."""
+    """Collects concurrent requests into backend batches of at most ``max_batch``.
 
-    def __init__(self, backend: Backend, wait_s: float = 0.005):
+    ``run`` answers one batch (default: ``backend.generate``); batchers sharing ``lock`` never
+    call the model at the same time (the generation and the prompt-scoring lanes)."""
+
+    def __init__(self, backend: Backend, wait_s: float = 0.005, run=None, lock: asyncio.Lock | None = None):
         self.backend = backend
         self.wait_s = wait_s
+        self.run = run or backend.generate
+        self.lock = lock
         self.queue: asyncio.Queue | None = None
         self._task = None
 
-    async def submit(self, reqs: list[GenRequest]) -> list[GenResult]:
+    async def submit(self, reqs: list) -> list:
         if self.queue is None:
             self.queue = asyncio.Queue()
             self._task = asyncio.create_task(self._loop())
@@ -126,7 +134,8 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             try:
-                results = await self.backend.generate([r for r, _ in items])
+                async with self.lock or contextlib.nullcontext():
+                    results = await self.run([r for r, _ in items])
                 for (_, fut), res in zip(items, results):
                     fut.set_result(res)
             except Exception as e:  # surface to every waiting request
@@ -143,19 +152,19 @@ def _chat_logprobs(res: GenResult) -> dict | None:
                         for t in res.logprobs]}
 
 
-def _completion_logprobs(res: GenResult) -> dict | None:
-    if res.logprobs is None:
-        return None
-    return {"tokens": [t.token for t in res.logprobs], "token_logprobs": [t.logprob for t in res.logprobs],
-            "top_logprobs": [dict(t.top) for t in res.logprobs], "text_offset": []}
-
-
 def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse
 
     app = FastAPI(title="harness serve")
-    batcher = Batcher(backend)
+    model_lock = asyncio.Lock()
+    batcher = Batcher(backend, lock=model_lock)
+    # prompt scoring (echo + logprobs) is its own lane: a forward pass, never part of a generate() batch
+    scorer = None
+    if completions_api.can_score(backend):
+        score = completions_api.make_score(backend)
+        scorer = Batcher(backend, run=lambda items: asyncio.to_thread(score, items), lock=model_lock)
+    completer = completions_api.Completer(backend, batcher.submit, scorer.submit if scorer else None)
     faults = faults or Faults()
     rng = random.Random(faults.seed)
     counters = {"requests": 0, "faults": 0, "by_kind": {}}
@@ -218,14 +227,31 @@ def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
                                  completion_tokens=max(1, len(text) // 4), logprobs=lps))
         return out
 
+    async def out_of_range_generate(reqs: list[GenRequest]) -> list[GenResult]:
+        return out_of_range_results(reqs)
+
     async def answer(request: Request, chat: bool):
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "the request body is not JSON", type="invalid_request_error")
+        if not isinstance(body, dict):
+            return error(400, "the request body must be a JSON object", type="invalid_request_error")
         fault = await draw_fault(request, body)
         if fault is not None and not isinstance(fault, str):
             return fault
-        reqs = requests_from(body, chat=chat)
-        results = out_of_range_results(reqs) if fault == "out_of_range" else await batcher.submit(reqs)
-        payload = chat_payload(results) if chat else completion_payload(results)
+        if chat:
+            reqs = requests_from(body)
+            results = out_of_range_results(reqs) if fault == "out_of_range" else await batcher.submit(reqs)
+            payload = chat_payload(results)
+        else:
+            try:
+                plan = completions_api.parse(body)
+                choices, use = await completer.answer(
+                    plan, generate=out_of_range_generate if fault == "out_of_range" else None)
+            except completions_api.BadRequest as e:
+                return error(400, str(e), type="invalid_request_error", param=e.param)
+            payload = completions_api.payload(choices, use, served_name)
         if fault == "empty_choices":
             payload["choices"] = []
         elif fault == "null_content":
@@ -236,20 +262,17 @@ def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
                     c["text"] = None
         return payload
 
-    def requests_from(body: dict, chat: bool) -> list[GenRequest]:
+    def requests_from(body: dict) -> list[GenRequest]:
+        """A chat body's requests (completions: ``serve_completions.parse``)."""
         n = int(body.get("n") or 1)
-        top = body.get("top_logprobs") if chat else body.get("logprobs")
-        want_lp = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
+        top = body.get("top_logprobs")
+        want_lp = bool(body.get("logprobs"))
         base = dict(max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
                     temperature=float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0),
                     top_p=float(body.get("top_p") or 1.0), repetition_penalty=body.get("repetition_penalty"),
                     stop=[body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop"),
                     logprobs=want_lp, top_logprobs=int(top or 0), seed=body.get("seed"))
-        if chat:
-            base.update(messages=body["messages"], continue_final_message=bool(body.get("continue_final_message")))
-        else:
-            prompt = body["prompt"]
-            base.update(prompt=prompt if isinstance(prompt, str) else prompt[0])
+        base.update(messages=body["messages"], continue_final_message=bool(body.get("continue_final_message")))
         return [GenRequest(sample_index=i, **base) for i in range(n)]
 
     def usage(results: list[GenResult]) -> dict:
@@ -271,13 +294,6 @@ def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
                 "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
                              "finish_reason": r.finish_reason or "stop", "logprobs": _chat_logprobs(r)}
                             for i, r in enumerate(results)],
-                "usage": usage(results)}
-
-    def completion_payload(results: list[GenResult]) -> dict:
-        return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
-                "model": served_name,
-                "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason or "stop",
-                             "logprobs": _completion_logprobs(r)} for i, r in enumerate(results)],
                 "usage": usage(results)}
 
     @app.post("/v1/chat/completions")
