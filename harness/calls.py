@@ -15,100 +15,22 @@ import random
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from harness.backends.base import TransientError
+from harness.call_settings import CallSettings  # noqa: F401  (re-exported: the call layer's settings)
 from harness.redact import redact
-from harness.store import StoreError, write_transaction
+from harness.store import StoreError, grouped_writes, write_transaction
 
 log = logging.getLogger("harness.calls")
 
 
 class BudgetExceeded(RuntimeError):
     """The configured ``max_cost`` was reached; finished calls are cached, the rest not sent."""
-
-
-@dataclass
-class CallSettings:
-    concurrency: int | None = None  # None: the backend's default
-    rps: float | None = None  # requests per second; None: unlimited
-    max_retries: int = 6
-    timeout_s: float | None = 120.0  # per HTTP call; local backends ignore it
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    parse_retries: int = 2
-    reask_temperature: float = 0.7  # a re-ask of a greedy judge would repeat itself
-    # model id -> {"prompt": $ per 1M tokens, "completion": $ per 1M tokens}
-    prices: dict[str, dict[str, float]] = field(default_factory=dict)
-    max_cost: float | None = None  # stop sending (cleanly, resumable) once this much was spent
-    progress: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict | None, where: str = "calls") -> "CallSettings":
-        """Typed and range-checked; an error names the field (``calls.rps: ...``)."""
-        if d is not None and not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
-        for name, (kind, lo, optional) in _CHECKS.items():
-            if name in d:
-                d[name] = _checked(d[name], kind, lo, optional, f"{where}.{name}")
-        if "prices" in d:
-            d["prices"] = _checked_prices(d["prices"], f"{where}.prices")
-        return cls(**d)
-
-
-# field -> (type, exclusive lower bound or inclusive minimum, may be null)
-_CHECKS = {
-    "concurrency": (int, ("min", 1), True),
-    "rps": (float, ("gt", 0), True),
-    "max_retries": (int, ("min", 0), False),
-    "timeout_s": (float, ("gt", 0), True),
-    "backoff_base_s": (float, ("min", 0), False),
-    "backoff_max_s": (float, ("min", 0), False),
-    "parse_retries": (int, ("min", 0), False),
-    "reask_temperature": (float, ("min", 0), False),
-    "max_cost": (float, ("min", 0), True),
-    "progress": (bool, None, False),
-}
-
-
-def _checked(v, kind, bound, optional: bool, where: str):
-    if v is None and optional:
-        return None
-    numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if kind is bool:
-        if not isinstance(v, bool):
-            raise ValueError(f"{where}: must be true or false, got {v!r}")
-        return v
-    if kind is int and not (numeric and float(v).is_integer()):
-        raise ValueError(f"{where}: must be an integer, got {v!r}")
-    if kind is float and not numeric:
-        raise ValueError(f"{where}: must be a number, got {v!r}")
-    v = kind(v)
-    op, lo = bound
-    if (op == "gt" and not v > lo) or (op == "min" and v < lo):
-        raise ValueError(f"{where}: must be {'>' if op == 'gt' else '>='} {lo}, got {v!r}")
-    return v
-
-
-def _checked_prices(prices, where: str) -> dict:
-    if not isinstance(prices, dict):
-        raise ValueError(f"{where}: expected a mapping model -> {{prompt, completion}}")
-    for model, p in prices.items():
-        if not isinstance(p, dict) or set(p) - {"prompt", "completion"}:
-            raise ValueError(f"{where}.{model}: expected {{prompt: $/1M tokens, completion: $/1M tokens}}")
-        for k, v in p.items():
-            _checked(v, float, ("min", 0), False, f"{where}.{model}.{k}")
-    return prices
 
 
 @dataclass
@@ -176,8 +98,50 @@ class CallCache:
             self._db.close()
 
 
+async def _with_timeout(coro, timeout: float | None):
+    if not timeout:
+        return await coro
+    try:
+        if _timeout_cm is not None:  # Python 3.11+: no extra task per call, unlike wait_for
+            async with _timeout_cm(timeout):
+                return await coro
+        return await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError as e:
+        raise TransientError(f"timeout after {timeout}s") from e
+
+
+_timeout_cm = getattr(asyncio, "timeout", None)
+
+
 def _price(prices: dict, model_id: str, model: str) -> dict | None:
     return prices.get(model_id) or prices.get(model)
+
+
+class _GroupCommit:
+    """Finished calls committed together: those answered in one event-loop turn share one cache
+    transaction, then their callbacks run and the run-store writes they make share one more
+    (``harness.store.grouped_writes``). One commit per turn instead of two per call; a callback
+    runs only after its result is in the cache; ``add`` returns once its item is committed."""
+
+    def __init__(self, commit: Callable[[list], None]):
+        self.commit = commit
+        self.items: list = []
+        self.done: asyncio.Future | None = None
+
+    async def add(self, item) -> None:
+        self.items.append(item)
+        if len(self.items) > 1:  # the first call finished in this turn commits for all
+            await asyncio.shield(self.done)
+            return
+        self.done = done = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.sleep(0)  # one loop turn: the calls answered with this one join it
+        finally:  # also when cancelled: what finished is kept
+            items, self.items = self.items, []
+            try:
+                self.commit(items)
+            finally:
+                done.set_result(None)
 
 
 class CallLayer:
@@ -200,14 +164,6 @@ class CallLayer:
             # max_rate per 1 s window; a burst of at most ceil(rps) requests
             self._limiters[key] = AsyncLimiter(max(1.0, rps), 1.0 if rps >= 1 else 1.0 / rps)
         return self._limiters[key]
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return min(float(retry_after), self.settings.backoff_max_s)
-        base = self.settings.backoff_base_s * (2 ** (state.attempt_number - 1))
-        return min(self.settings.backoff_max_s, base) * (0.5 + random.random() / 2)
 
     async def run(self, backend, requests: Sequence[Any],
                   on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
@@ -251,6 +207,21 @@ class CallLayer:
             progress = tqdm(total=len(misses), desc=f"{backend.name}:{getattr(backend, 'model', '')}"[:40],
                             unit="call", leave=False)
 
+        def commit(group: list[tuple[list[int], list]]) -> None:
+            self.cache.put_many([row for _, rows in group for row in rows])
+            with grouped_writes():  # the run-store writes of the callbacks: one transaction
+                for batch, _ in group:
+                    for i in batch:
+                        for j in copies[keys[i]]:
+                            if on_result:
+                                on_result(j, results[j])
+            if progress is not None:
+                progress.update(sum(len(copies[keys[i]]) for batch, _ in group for i in batch))
+                if stats.cost:
+                    progress.set_postfix(cost=f"${self.stats.cost + stats.cost:.4f}")
+
+        group = _GroupCommit(commit)
+
         async def one(batch: list[int]) -> None:
             reqs = [requests[i] for i in batch]
             async with sem:
@@ -259,48 +230,28 @@ class CallLayer:
                                          f"(spent ${self.stats.cost + stats.cost:.4f}); rerun with a higher "
                                          f"--max-cost to continue")
                 try:
-                    async for attempt in AsyncRetrying(
-                            stop=stop_after_attempt(self.settings.max_retries + 1),
-                            wait=self._wait, retry=retry_if_exception_type(TransientError), reraise=True):
-                        with attempt:
-                            if attempt.retry_state.attempt_number > 1:
-                                stats.retries += 1
-                            if limiter is not None:
-                                await limiter.acquire()
-                            stats.sent += 1
-                            try:
-                                coro = backend.generate(reqs)
-                                outs = await (asyncio.wait_for(coro, timeout) if timeout else coro)
-                            except asyncio.TimeoutError as e:
-                                raise TransientError(f"timeout after {timeout}s") from e
-                    err = None
+                    outs, err = await self._call(backend, reqs, stats, limiter, timeout), None
                 except Exception as e:  # retries exhausted or a permanent error
                     err = f"{type(e).__name__}: {e}"
                     outs = None
-            if outs is None:
-                outs = [result_cls(error=redact(err, self.secrets)) for _ in batch]
-                stats.failed += sum(len(copies[keys[i]]) for i in batch)
-            to_cache = []
-            for i, res in zip(batch, outs):
-                if res.error is None:
-                    if price:
-                        res.cost = (getattr(res, "prompt_tokens", 0) * price.get("prompt", 0.0)
-                                    + getattr(res, "completion_tokens", 0) * price.get("completion", 0.0)) / 1e6
-                    to_cache.append((keys[i], model_id, res.to_dict()))
-                    stats.prompt_tokens += getattr(res, "prompt_tokens", 0)
-                    stats.completion_tokens += getattr(res, "completion_tokens", 0)
-                    stats.cost += getattr(res, "cost", 0.0)
-                for j in copies[keys[i]]:
-                    results[j] = res
-            self.cache.put_many(to_cache)
-            for i in batch:
-                for j in copies[keys[i]]:
-                    if on_result:
-                        on_result(j, results[j])
-            if progress is not None:
-                progress.update(sum(len(copies[keys[i]]) for i in batch))
-                if stats.cost:
-                    progress.set_postfix(cost=f"${self.stats.cost + stats.cost:.4f}")
+                if outs is None:
+                    outs = [result_cls(error=redact(err, self.secrets)) for _ in batch]
+                    stats.failed += sum(len(copies[keys[i]]) for i in batch)
+                rows = []
+                for i, res in zip(batch, outs):
+                    if res.error is None:
+                        if price:
+                            res.cost = (getattr(res, "prompt_tokens", 0) * price.get("prompt", 0.0)
+                                        + getattr(res, "completion_tokens", 0) * price.get("completion", 0.0)) / 1e6
+                        rows.append((keys[i], model_id, res.to_dict()))
+                        stats.prompt_tokens += getattr(res, "prompt_tokens", 0)
+                        stats.completion_tokens += getattr(res, "completion_tokens", 0)
+                        stats.cost += getattr(res, "cost", 0.0)
+                    for j in copies[keys[i]]:
+                        results[j] = res
+                # still holding the slot: a call is in flight until its result is committed, so a
+                # kill costs at most `concurrency` calls
+                await group.add((batch, rows))
 
         try:
             await asyncio.gather(*(one(b) for b in batches))
@@ -309,6 +260,31 @@ class CallLayer:
                 progress.close()
             self.stats.add(stats)
         return results
+
+    async def _call(self, backend, reqs: list, stats: CallStats, limiter, timeout: float | None) -> list:
+        """One backend call with retries: a TransientError is retried after a backoff (or the
+        server's Retry-After) up to ``max_retries`` times; the last error is raised."""
+        attempt = 0
+        while True:
+            attempt += 1
+            if attempt > 1:
+                stats.retries += 1
+            if limiter is not None:
+                await limiter.acquire()
+            stats.sent += 1
+            try:
+                return await _with_timeout(backend.generate(reqs), timeout)
+            except TransientError as e:
+                if attempt > self.settings.max_retries:
+                    raise
+                await asyncio.sleep(self._backoff(e, attempt))
+
+    def _backoff(self, exc: Exception, attempt: int) -> float:
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), self.settings.backoff_max_s)
+        base = self.settings.backoff_base_s * (2 ** (attempt - 1))
+        return min(self.settings.backoff_max_s, base) * (0.5 + random.random() / 2)
 
     def _batches(self, backend, requests, misses: list[int]) -> list[list[int]]:
         """Group cache misses into backend calls."""

@@ -4,10 +4,17 @@ Records live in SQLite (WAL mode). Each write is its own transaction, so a proce
 killed mid-run loses at most the record being written, never corrupts earlier ones,
 and never leaves a half line (the failure mode of append-only JSONL). The primary key
 is the record's content key, so rerunning a step cannot duplicate a record.
+
+Inside ``grouped_writes()`` (the call layer opens one around the callbacks of the calls
+that finished in one event-loop turn) the writes of each store are held and committed
+together, in one transaction, when the block ends: one commit instead of one per record.
+The block is synchronous, so nothing outside it sees a held write before it commits.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +49,28 @@ CREATE TABLE IF NOT EXISTS blobs (ref TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
+# the open write group: store -> its held writes, in order (see grouped_writes)
+_GROUP: contextvars.ContextVar[dict | None] = contextvars.ContextVar("harness_store_group", default=None)
+
+
+@contextlib.contextmanager
+def grouped_writes():
+    """Hold the ``RunStore`` writes made inside the block and commit them per store in one
+    transaction at its end (nested blocks join the outer one). Reads inside the block see
+    only committed records. A failed commit raises StoreError and writes none of the group."""
+    if _GROUP.get() is not None:
+        yield
+        return
+    group: dict = {}
+    token = _GROUP.set(group)
+    try:
+        yield
+    finally:
+        _GROUP.reset(token)
+        for store, fns in group.items():  # also on an exception: what finished is kept
+            store._write(lambda db, fns=fns: [fn(db) for fn in fns])
+
+
 class StoreError(ValueError):
     """A run directory that cannot be used as it is (old format, unwritable, full disk)."""
 
@@ -51,6 +80,24 @@ def _status(rec: Record) -> str:
         if hasattr(rec, attr):
             return getattr(rec, attr)
     return "ok"
+
+
+def _fields(rec: Record) -> dict:
+    """``rec.to_dict()`` without its deep copy (most of a record write's CPU for a judge prompt):
+    the dict is serialized at once, by ``_json``, which turns nested dataclasses into dicts."""
+    if type(rec).to_dict is not Record.to_dict:
+        return rec.to_dict()
+    return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+
+
+def _plain(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=_plain)
 
 
 class RunStore:
@@ -105,20 +152,23 @@ class RunStore:
     def put_many(self, recs: Iterable[Record]) -> None:
         rows, blobs = [], {}
         for r in recs:
-            d = r.to_dict()
+            d = _fields(r)
             if d.get("prompt") is not None:  # a judge prompt: kept once, by hash
                 ref = stable_hash(d["prompt"], 32)
                 blobs[ref] = d.pop("prompt")
                 d["prompt"], d["prompt_ref"] = None, ref
-            rows.append((r.key, r.kind, getattr(r, "task", None), getattr(r, "model", None), _status(r),
-                         json.dumps(d, ensure_ascii=False)))
+            rows.append((r.key, r.kind, getattr(r, "task", None), getattr(r, "model", None), _status(r), _json(d)))
         if not rows:
             return
-        packed = [(ref, zlib.compress(json.dumps(v, ensure_ascii=False).encode("utf-8"))) for ref, v in blobs.items()]
+        packed = [(ref, zlib.compress(_json(v).encode("utf-8"))) for ref, v in blobs.items()]
         self._write(lambda db: (db.executemany("INSERT OR IGNORE INTO blobs VALUES (?,?)", packed),
                                 db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)", rows)))
 
     def _write(self, fn) -> None:
+        group = _GROUP.get()
+        if group is not None:
+            group.setdefault(self, []).append(fn)
+            return
         with self._lock:
             write_transaction(self._db, fn, f"{self.path}: cannot write the run store")
 

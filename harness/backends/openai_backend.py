@@ -3,12 +3,20 @@
 Uses the official ``openai`` async client with its own retries switched off: retries,
 limits and caching belong to the call layer. Requests that differ only in their
 sample index are sent as one call with ``n``.
+
+``transport``: for a plain ``http://`` URL (a local vLLM, llama.cpp or ``harness serve``)
+chat and completion calls go by default through a light keep-alive HTTP client
+(``harness.backends.http_light``): about a tenth of the SDK's CPU per call, which is what
+limits a client against a fast local server. ``https://`` URLs, OpenAI itself and URLs
+reached through a proxy keep the SDK; ``transport: sdk`` or ``light`` forces one.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+import urllib.request
+from urllib.parse import urlsplit
 
 from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob, TransientError
 
@@ -21,7 +29,7 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout_s: float = 120.0, rps: float | None = None, supports_n: bool = True,
-                 extra_body: dict | None = None, **options):
+                 extra_body: dict | None = None, transport: str = "auto", **options):
         super().__init__(model, **options)
         import logging
 
@@ -43,6 +51,9 @@ class OpenAIBackend(Backend):
         self.secrets = [key] if key != "EMPTY" else []
         self._clients: dict[int, object] = {}
         self._openai = openai
+        self.transport = _transport(transport, base_url)
+        self._light_headers = {"Authorization": f"Bearer {key}"}
+        self._lights: dict[int, object] = {}
 
     @property
     def _client(self):
@@ -55,6 +66,18 @@ class OpenAIBackend(Backend):
         return self._clients[loop]
 
     @property
+    def _light(self):
+        # connections, like the SDK client, belong to the event loop that opened them
+        import asyncio
+
+        from harness.backends.http_light import LightHTTP
+
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._lights:
+            self._lights[loop] = LightHTTP(self.base_url, self._light_headers, self._client_args["timeout"])
+        return self._lights[loop]
+
+    @property
     def model_id(self) -> str:
         # the served model name identifies the answers; the URL is a transport setting
         return f"openai:{self.model}"
@@ -63,11 +86,20 @@ class OpenAIBackend(Backend):
         r0 = requests[0]
         n = len(requests)
         t0 = time.perf_counter()
+        if self.transport == "light":
+            results = await self._light_generate(r0, n)
+        else:
+            results = await self._sdk_generate(r0, n)
+        latency = (time.perf_counter() - t0) / n
+        for r in results:
+            r.latency_s = latency
+        return results
+
+    async def _sdk_generate(self, r0: GenRequest, n: int) -> list[GenResult]:
         try:
             if r0.messages is not None:
-                results = await self._chat(r0, n)
-            else:
-                results = await self._completion(r0, n)
+                return await self._chat(r0, n)
+            return await self._completion(r0, n)
         except self._openai.RateLimitError as e:
             raise TransientError("429 rate limited", retry_after=_retry_after(e)) from e
         except self._openai.APIStatusError as e:
@@ -78,10 +110,51 @@ class OpenAIBackend(Backend):
             raise TransientError(f"{type(e).__name__}") from e
         except (json.JSONDecodeError, self._openai.APIResponseValidationError) as e:
             raise TransientError(f"malformed response: {e}") from e
-        latency = (time.perf_counter() - t0) / n
-        for r in results:
-            r.latency_s = latency
-        return results
+
+    async def _light_generate(self, r: GenRequest, n: int) -> list[GenResult]:
+        """The request the SDK would send, as plain JSON; the answer read from plain dicts."""
+        from harness.backends.http_light import HTTPStatusError
+
+        kw, extra = self._common(r, n)
+        chat = r.messages is not None
+        if chat:
+            kw["messages"] = r.messages
+            if r.logprobs or r.top_logprobs:
+                kw["logprobs"] = True
+                if r.top_logprobs:
+                    kw["top_logprobs"] = r.top_logprobs
+            if r.continue_final_message:
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+        else:
+            kw["prompt"] = r.prompt_tokens if r.prompt_tokens is not None else r.prompt
+            if r.logprobs or r.top_logprobs:
+                kw["logprobs"] = max(1, r.top_logprobs)
+        kw.update(extra)
+        body = json.dumps(kw, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            _, _, raw = await self._light.post("/chat/completions" if chat else "/completions", body)
+            resp = json.loads(raw)
+            out = _chat_choices(resp, n) if chat else _completion_choices(resp, n)
+        except HTTPStatusError as e:
+            retry_after = _float(e.headers.get("retry-after"))
+            if e.status == 429:
+                raise TransientError("429 rate limited", retry_after=retry_after) from None
+            if e.status >= 500 or e.status in (408, 409):
+                raise TransientError(f"HTTP {e.status}", retry_after=retry_after) from None
+            raise APIStatusError(f"Error code: {e.status} - {e.body[:2000].decode('utf-8', 'replace')}") from None
+        except TimeoutError:
+            raise TransientError("APITimeoutError") from None
+        except OSError as e:  # refused, reset, closed mid-answer
+            raise TransientError(f"APIConnectionError: {e}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # bad JSON, wrong shape
+            raise TransientError(f"malformed response: {type(e).__name__}: {e}") from None
+        usage = resp.get("usage") or None
+        if usage is not None:
+            out[0].prompt_tokens = usage.get("prompt_tokens") or 0
+            per = (usage.get("completion_tokens") or 0) / n
+            for o in out:
+                o.completion_tokens = len(o.logprobs) if o.logprobs else int(round(per))
+        return out
 
     def _common(self, r: GenRequest, n: int) -> tuple[dict, dict]:
         kw = dict(model=self.model, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
@@ -135,7 +208,68 @@ class OpenAIBackend(Backend):
         return _attach_usage(out, resp, n)
 
     def close(self) -> None:
-        pass
+        for light in self._lights.values():
+            light.close()
+        self._lights.clear()
+
+
+class APIStatusError(Exception):
+    """A refused request (4xx other than 408, 409, 429) on the light transport: not retried."""
+
+
+def _transport(choice: str, base_url: str | None) -> str:
+    """``light`` for a plain-http URL reached without a proxy (``auto``), else ``sdk``."""
+    if choice not in ("auto", "sdk", "light"):
+        raise ValueError(f"openai backend: transport must be auto, sdk or light, got {choice!r}")
+    url = urlsplit(base_url or "")
+    if choice == "light" and url.scheme != "http":
+        raise ValueError(f"openai backend: transport light needs an http:// base_url, got {base_url!r}")
+    if choice != "auto":
+        return choice
+    proxied = "http" in urllib.request.getproxies() and not urllib.request.proxy_bypass(url.hostname or "")
+    return "light" if url.scheme == "http" and url.hostname and not proxied else "sdk"
+
+
+def _chat_choices(resp: dict, n: int) -> list[GenResult]:
+    if not resp.get("choices"):
+        raise TransientError("malformed response: no choices")
+    out = []
+    for ch in sorted(resp["choices"], key=lambda c: c["index"]):
+        lps = None
+        content = (ch.get("logprobs") or {}).get("content")
+        if content is not None:
+            lps = [TokenLogprob(t["token"], t["logprob"], [(x["token"], x["logprob"]) for x in t.get("top_logprobs") or []])
+                   for t in content]
+        msg = ch.get("message") or {}
+        out.append(GenResult(text=msg.get("content") or "", finish_reason=ch.get("finish_reason") or ""))
+        out[-1].logprobs = lps
+    if len(out) != n:
+        raise TransientError(f"malformed response: asked for {n} choices, got {len(out)}")
+    return out
+
+
+def _completion_choices(resp: dict, n: int) -> list[GenResult]:
+    if not resp.get("choices"):
+        raise TransientError("malformed response: no choices")
+    out = []
+    for ch in sorted(resp["choices"], key=lambda c: c["index"]):
+        lps = None
+        lp = ch.get("logprobs") or {}
+        if lp.get("tokens") is not None:
+            tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+            lps = [TokenLogprob(t, v, sorted((top or {}).items(), key=lambda kv: -kv[1]))
+                   for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)]
+        out.append(GenResult(text=ch.get("text") or "", finish_reason=ch.get("finish_reason") or "", logprobs=lps))
+    if len(out) != n:
+        raise TransientError(f"malformed response: asked for {n} choices, got {len(out)}")
+    return out
+
+
+def _float(v) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _attach_usage(out: list[GenResult], resp, n: int) -> list[GenResult]:
@@ -157,3 +291,4 @@ def _retry_after(e) -> float | None:
         return float(v) if v is not None else None
     except (AttributeError, ValueError, TypeError):
         return None
+
