@@ -25,6 +25,7 @@ from harness.calls import CallLayer, CallSettings, CallStats
 from harness.config import JudgeConfig, ModelConfig, RunConfig, TaskConfig
 from harness.data import data_dir as default_data_dir
 from harness.lock import RunLock
+from harness.provenance import graded_by
 from harness.records import Completion, Instance, Judgment, stable_hash
 from harness.registry import BACKENDS, JUDGES, TASKS
 from harness.store import RunStore, atomic_write_text, remove_stale_temp_files, write_jsonl
@@ -335,10 +336,13 @@ class Run:
             ok_comps = [c for c in comps if c.status == "ok"]
             results[task.name] = task.aggregate(inst, ok_comps, judg, scores)
             by_logprob = any(j.method == "logprob" for j in judg)
-            for metrics in results[task.name].values():  # labels the reports read
+            for model, metrics in results[task.name].items():  # labels the reports read
                 for attr in ("primary_metric", "official_metrics", "lower_is_better"):
                     if hasattr(task, attr):
                         metrics.setdefault(attr, getattr(task, attr))
+                # who graded it, so a report calls "official" only the official judge's outputs
+                metrics.update(graded_by(self.cfg.judge_for(tcfg), [j for j in judg if j.model == model],
+                                         [x for x in scores if x.model == model]))
                 if by_logprob:
                     # the aggregation is the official one, but a logprob-scored judge is not
                     metrics["official_metrics"] = []

@@ -15,11 +15,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from reports.leaderboard import cell_text
+from reports import glance
 from reports.significance import fmt_num, fmt_p
 
-# Shows the selected instance of each benchmark's drill-down and hides the others.
-SCRIPT = """
+# Shows the selected instance of each benchmark's drill-down and hides the others; sorts the
+# leaderboard (glance.SORT_SCRIPT). One script, allowed by the CSP through its sha256.
+SCRIPT = glance.SORT_SCRIPT + """
 function showInstance(sel) {
   var panels = document.querySelectorAll('.inst[data-task="' + sel.getAttribute('data-task') + '"]');
   for (var i = 0; i < panels.length; i++) {
@@ -46,7 +47,7 @@ img.plot{max-width:min(100%,900px);border:1px solid #eee;margin:6px 0}
 .card{flex:0 0 340px;border:1px solid #ccc;border-radius:4px;padding:8px;background:#fafafa}
 pre{white-space:pre-wrap;word-wrap:break-word;font-size:12px;margin:4px 0;background:#fff;border:1px solid #eee;padding:6px}
 .scroll{overflow-x:auto}
-"""
+""" + glance.STYLE
 
 
 def esc(x) -> str:
@@ -56,24 +57,6 @@ def esc(x) -> str:
 def _img(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return f'<img class="plot" alt="{esc(Path(path).stem)}" src="data:image/png;base64,{data}">'
-
-
-def leaderboard_table(board: dict) -> str:
-    head = "<tr><th>model</th>" + "".join(
-        f"<th>{esc(t)}</th><th>{esc(t)}: harness mean [95% CI]</th>" for t in board["tasks"]) + "</tr>"
-    body = []
-    for row in board["rows"]:
-        cells = [f"<td>{esc(row['model'])}</td>"]
-        for t in board["tasks"]:
-            c = row["cells"].get(t)
-            main, ours = cell_text(c)
-            cls = ' class="official"' if c and c["official"] else ""
-            metric = (f'<div class="muted">{esc(c["metric"])}'
-                      + (f' — CI: {esc(c["ci_method"])}' if c.get("ci_method") else "") + "</div>") if c else ""
-            cells.append(f"<td{cls}>{esc(main)}{metric}</td><td>{esc(ours)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    notes = "".join(f'<p class="muted">note: {esc(n)}</p>' for n in board.get("notes", []))
-    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>{notes}'
 
 
 def significance_tables(result: dict) -> str:
@@ -192,7 +175,7 @@ def render(board: dict, significance: dict, plots: dict[str, Path], samples_by_t
 <body>
 <h1>{esc(title)}</h1>
 <p class="muted">runs: {esc(runs)}</p>
-<h2>Leaderboard</h2>{leaderboard_table(board)}
+<h2>Leaderboard</h2>{glance.section(board)}
 <h2>Significance</h2>{significance_tables(significance)}
 {extra}
 <h2>Plots</h2>{plot_html or '<p class="muted">no plots</p>'}

@@ -9,8 +9,12 @@ Metric convention inside ``results[task][model]`` (what tasks write):
 * ``<metric>_lower`` / ``<metric>_upper``: its confidence interval, when the task computed one
   (e.g. Arena-Hard's official bootstrap percentiles).
 * ``n``: number of instances behind the number.
-* ``official_metrics``: list of metric names whose values come from (or equal) the official
-  implementation; these are shown unchanged and marked "official".
+* ``official_metrics``: list of metric names computed the official way; marked "official" only
+  when the recorded grader is the official one (``reports.labels``).
+* ``judge``, ``judge_model``, ``judge_method`` / ``scorer``: who graded the result (the pipeline
+  records them); a result without them is labelled "judge not recorded", never "official".
+* ``<metric>_se`` (AlpacaEval: ``standard_error`` of ``win_rate``): a CI of ±1.96 SE when the task
+  gives no interval.
 * ``lower_is_better``: true for metrics where smaller is better (toxicity); used for sorting.
 
 Next to the task's own number, every cell carries the harness's CI: the mean of the
@@ -30,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.jsonl import read_jsonl
-from reports import stats
+from reports import display, labels, stats
 from reports.significance import score_table
 
 REQUIRED_SAMPLE_FIELDS = ("task", "instance_id", "model", "score")
@@ -168,6 +172,30 @@ def sample_cis(table: dict[str, dict[str, float]], B: int, seed: int) -> dict[st
     return out
 
 
+# metric -> the key of its standard error, where a task names it differently from "<metric>_se"
+# (AlpacaEval's standard_error is the win rate's; its lc_standard_error is no CI of LC, so not here)
+SE_KEYS = {"win_rate": "standard_error"}
+# how tasks name the number of instances behind a result (AlpacaEval n_total, RealToxicityPrompts n_prompts)
+N_KEYS = ("n", "n_total", "n_prompts")
+
+
+def _task_ci(cell: dict, metrics: dict, name: str | None) -> None:
+    """The headline's 95% CI from the task's own numbers: its interval, else ±1.96 standard errors."""
+    if name is None or cell["value"] is None:
+        return
+    lo, hi = _num(metrics.get(f"{name}_lower")), _num(metrics.get(f"{name}_upper"))
+    if lo is not None and hi is not None:
+        cell.update(lower=lo, upper=hi, ci_source="task")
+        method = metrics.get(f"{name}_ci_method", metrics.get("ci_method"))
+        if method:
+            cell["ci_method"] = str(method)
+        return
+    se = _num(metrics.get(f"{name}_se", metrics.get(SE_KEYS.get(name, ""))))
+    if se is not None and math.isfinite(se):
+        cell.update(lower=cell["value"] - 1.96 * se, upper=cell["value"] + 1.96 * se, ci_source="task",
+                    ci_method="normal approximation: ±1.96 × the task's standard error")
+
+
 def build(merged: Merged, B: int = stats.DEFAULT_B, seed: int = 0) -> dict:
     """The leaderboard as data: {"tasks", "rows": [{"model", "cells": {task: cell}}], "notes"}."""
     tables = {t: score_table(rows) for t, rows in merged.samples.items()}
@@ -182,26 +210,32 @@ def build(merged: Merged, B: int = stats.DEFAULT_B, seed: int = 0) -> dict:
                 continue
             cell = {"metric": None, "value": None, "lower": None, "upper": None, "ci_source": None,
                     "n": None, "official": False, "official_metrics": {}, "lower_is_better": False,
+                    "graded_by": {}, "label": "judge not recorded", "metrics": {},
                     "source_run": merged.source.get((task, model))}
+            name = None
             if metrics:
                 name = primary_metric(metrics)
-                official = list(metrics.get("official_metrics") or [])
+                g = labels.grader(metrics)
+                # official = the official computation (the task says so) on the official judge's outputs
+                official = list(metrics.get("official_metrics") or []) if labels.is_official_grader(task, g) else []
                 cell.update(metric=name, value=_num(metrics.get(name)) if name else None,
-                            n=metrics.get("n"), official=name in official,
+                            n=next((metrics[k] for k in N_KEYS if _num(metrics.get(k)) is not None), None),
+                            official=name in official, graded_by=g,
+                            label=labels.label(task, name, official, g),
                             official_metrics={k: metrics.get(k) for k in official if k in metrics},
-                            lower_is_better=bool(metrics.get("lower_is_better", False)))
-                lo, hi = _num(metrics.get(f"{name}_lower")), _num(metrics.get(f"{name}_upper"))
-                if lo is not None and hi is not None:
-                    cell.update(lower=lo, upper=hi, ci_source="task")
-                    method = metrics.get(f"{name}_ci_method", metrics.get("ci_method"))
-                    if method:
-                        cell["ci_method"] = str(method)
+                            lower_is_better=bool(metrics.get("lower_is_better", False)), metrics=dict(metrics))
+                _task_ci(cell, metrics, name)
             if per_inst:
                 ci = cis[task][model]
                 cell["sample"] = {"mean": ci["mean"], "lower": ci["lower"], "upper": ci["upper"], "n": ci["n"]}
-                if cell["value"] is None:  # no task-level number: the sample mean is the score
+                if name is None:  # the task names no headline number: the sample mean is the score
                     cell.update(metric="score (mean of samples)", value=ci["mean"], lower=ci["lower"],
                                 upper=ci["upper"], ci_source="bootstrap", n=ci["n"])
+                elif cell["lower"] is None and cell["value"] is not None and math.isclose(
+                        cell["value"], ci["mean"], rel_tol=1e-9, abs_tol=1e-12):
+                    # the headline is the mean of the samples: their bootstrap CI is its CI
+                    cell.update(lower=ci["lower"], upper=ci["upper"], ci_source="bootstrap",
+                                ci_method="harness: percentile bootstrap over the per-sample scores")
                 if cell["n"] is None:
                     cell["n"] = ci["n"]
             cells[task] = cell
@@ -223,16 +257,7 @@ def build(merged: Merged, B: int = stats.DEFAULT_B, seed: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------- formatting
 
-def fmt(x, official: bool = False) -> str:
-    """Official numbers are printed unchanged (up to 10 significant digits); ours with 2-3 dp."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return ""
-    if official:
-        return f"{x:.10g}"
-    return f"{x:.2f}" if abs(x) >= 10 else f"{x:.3f}"
-
-
-CSV_FIELDS = ("metric", "value", "lower", "upper", "ci_source", "n", "official", "official_metrics",
+CSV_FIELDS = ("metric", "value", "lower", "upper", "ci_source", "n", "official", "label", "official_metrics",
               "sample_mean", "sample_lower", "sample_upper", "sample_n")
 
 
@@ -251,7 +276,7 @@ def to_csv(board: dict) -> str:
             s = c.get("sample") or {}
             out += [c["metric"] or "", "" if c["value"] is None else repr(c["value"]),
                     "" if c["lower"] is None else repr(c["lower"]), "" if c["upper"] is None else repr(c["upper"]),
-                    c["ci_source"] or "", "" if c["n"] is None else c["n"], "yes" if c["official"] else "no",
+                    c["ci_source"] or "", "" if c["n"] is None else c["n"], "yes" if c["official"] else "no", c["label"],
                     json.dumps(c["official_metrics"]) if c["official_metrics"] else "",
                     "" if not s else repr(s["mean"]), "" if not s else repr(s["lower"]),
                     "" if not s else repr(s["upper"]), "" if not s else s["n"]]
@@ -259,45 +284,44 @@ def to_csv(board: dict) -> str:
     return buf.getvalue()
 
 
-def cell_text(c: dict | None) -> tuple[str, str]:
-    """(task number with its CI and official mark, harness sample mean with bootstrap CI)."""
-    if not c:
-        return "", ""
-    main = fmt(c["value"], c["official"])
-    if c["lower"] is not None:
-        main += f" [{fmt(c['lower'], c['official'])}, {fmt(c['upper'], c['official'])}]"
-    if c["official"]:
-        main += " (official)"
-    # other official numbers of this cell (e.g. AlpacaEval's LC next to its raw win rate), unchanged
-    skip = {c["metric"], f"{c['metric']}_lower", f"{c['metric']}_upper"}
-    others = [f"{k}={fmt(v, True)} (official)" for k, v in c["official_metrics"].items()
-              if k not in skip and _num(v) is not None]
-    if others:
-        main += "; " + "; ".join(others)
-    s = c.get("sample")
-    ours = f"{fmt(s['mean'])} [{fmt(s['lower'])}, {fmt(s['upper'])}] n={s['n']}" if s else ""
-    return main, ours
+def _md(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(board: dict) -> str:
-    lines = ["# Leaderboard", "",
-             "Per benchmark: the task's headline number (with the task's own CI where it has one; "
-             "\"(official)\" = computed as the official implementation does, shown unchanged), and the "
-             f"harness's mean of per-sample scores with a 95% percentile bootstrap CI "
-             f"(B={board['bootstrap']['B']}, seed {board['bootstrap']['seed']}) and n.", ""]
-    metric_of = {}
-    for row in board["rows"]:
-        for t, c in row["cells"].items():
-            metric_of.setdefault(t, c["metric"])
-    head = ["model"]
-    for t in board["tasks"]:
-        head += [f"{t}: {metric_of.get(t) or ''}", f"{t}: harness mean [95% CI]"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in board["rows"]:
-        out = [row["model"]]
-        for t in board["tasks"]:
-            out += list(cell_text(row["cells"].get(t)))
-        lines.append("| " + " | ".join(out) + " |")
+    """The glance table (headline ±95% CI per benchmark), the label rule, then one detail table per
+    benchmark at the official tool's precision."""
+    from reports import views
+
+    cols = views.columns(board)
+    lines = ["# Leaderboard", ""]
+    warn = views.banner(board)
+    if warn:
+        lines += ["**Not comparable to published leaderboards:**", ""] + [f"- {_md(x)}" for x in warn] + [""]
+    lines += [labels.RULE, "",
+              "Per benchmark: its primary metric with a 95% CI (the task's own interval, or ±1.96 standard "
+              "errors, or the harness's percentile bootstrap over the per-sample scores, "
+              f"B={board['bootstrap']['B']}, seed {board['bootstrap']['seed']}).", ""]
+    head = ["model"] + [f"{c['task']}: {c['metric']} ({'lower' if c['lower_is_better'] else 'higher'} is better"
+                        f"{', ' + c['n'] if c['n'] else ''}; {' / '.join(c['labels'])})" for c in cols]
+    lines += ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
+    for group in views.groups(board):
+        for row in group:
+            out = [row["model"]]
+            for c in cols:
+                cell = row["cells"].get(c["task"])
+                out.append(display.short(c["task"], cell["value"], cell["lower"], cell["upper"]) if cell else "")
+            lines.append("| " + " | ".join(_md(x) for x in out) + " |")
+    for task in board["tasks"]:
+        d = views.detail(board, task)
+        if not d["rows"]:
+            continue
+        lines += ["", f"## {task}", "", "| model | " + " | ".join(_md(c) for c in d["columns"]) + " |",
+                  "|" + "---|" * (len(d["columns"]) + 1)]
+        for r in d["rows"]:
+            vals = [f"{v} {ci}".strip() for v, ci in r["cells"]]
+            lines.append("| " + " | ".join(_md(x) for x in [r["model"], *vals]) + " |")
+        lines += [""] + [f"- {_md(n)}" for n in d["notes"]] if d["notes"] else []
     for note in board["notes"]:
         lines.append(f"\n> note: {note}")
     return "\n".join(lines) + "\n"

@@ -244,7 +244,9 @@ def test_leaderboard_from_published_data_keeps_official_numbers(data_dir, tmp_pa
         results["alpaca_eval"][m] = {"win_rate": float(off["win_rate"]),
                                      "length_controlled_winrate": float(off["length_controlled_winrate"]),
                                      "n": int(off["n_total"]),
-                                     "official_metrics": ["win_rate", "length_controlled_winrate"]}
+                                     "official_metrics": ["win_rate", "length_controlled_winrate"],
+                                     "judge": "weighted_alpaca_eval_gpt4_turbo", "judge_model": "gpt-4-1106-preview",
+                                     "judge_api": "openai"}
     oracle = data_dir / "oracles" / "arena_hard_v0.1_setA"
     [ah_csv] = (oracle / "outputs" / "official_run_glob_order").glob("arena_hard_leaderboard_*.csv")
     with open(ah_csv) as fh:
@@ -261,7 +263,9 @@ def test_leaderboard_from_published_data_keeps_official_numbers(data_dir, tmp_pa
         off = ah_board[m]
         results["arena_hard"][m] = {"score": float(off["score"]), "score_lower": float(off["rating_q025"]),
                                     "score_upper": float(off["rating_q975"]),
-                                    "official_metrics": ["score", "score_lower", "score_upper"]}
+                                    "official_metrics": ["score", "score_lower", "score_upper"],
+                                    "judge": "arena_hard_v0.1", "judge_model": "gpt-4-1106-preview",
+                                     "judge_api": "openai"}
     run = _write_run(tmp_path / "published", dict(results), dict(samples))
     published_lc = {m: float(ae_board[m]["length_controlled_winrate"]) for m in AE_MODELS}
     (tmp_path / "lc.json").write_text(json.dumps(published_lc))
@@ -280,12 +284,14 @@ def test_leaderboard_from_published_data_keeps_official_numbers(data_dir, tmp_pa
         # the harness CI is computed from the per-instance preferences and traces to the official win rate
         assert 100 * cell["sample"]["mean"] == pytest.approx(float(ae_board[m]["win_rate"]), abs=1e-8)
         assert cell["sample"]["n"] == 805
-        assert f"length_controlled_winrate={float(ae_board[m]['length_controlled_winrate']):.10g} (official)" in md
+        # the detail table prints what alpaca_eval prints: 2 decimals
+        assert f"| {m} | {float(ae_board[m]['win_rate']):.2f} | {float(ae_board[m]['length_controlled_winrate']):.2f} |" in md
         assert 100 * cell["sample"]["lower"] < float(ae_board[m]["win_rate"]) < 100 * cell["sample"]["upper"]
     for m in ah_models:
         off = ah_board[m]
         assert csv_rows[m]["arena_hard:value"] == repr(float(off["score"]))
-        assert f"{float(off['score']):.10g} [{float(off['rating_q025']):.10g}, {float(off['rating_q975']):.10g}] (official)" in md
+        # Arena-Hard's show_result: one decimal
+        assert f"| {m} | {float(off['score']):.1f} [{float(off['rating_q025']):.1f}, {float(off['rating_q975']):.1f}] |" in md
         assert rows[m]["arena_hard"]["ci_source"] == "task" and rows[m]["arena_hard"]["sample"]["n"] == 500
     from scipy.stats import spearmanr
 
