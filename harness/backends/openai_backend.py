@@ -86,6 +86,8 @@ class OpenAIBackend(Backend):
         r0 = requests[0]
         n = len(requests)
         t0 = time.perf_counter()
+        if r0.is_loglikelihood:
+            return [await self._loglikelihood(r) for r in requests]
         if self.transport == "light":
             results = await self._light_generate(r0, n)
         else:
@@ -194,7 +196,8 @@ class OpenAIBackend(Backend):
         kw, extra = self._common(r, n)
         if r.logprobs or r.top_logprobs:
             kw["logprobs"] = max(1, r.top_logprobs)
-        resp = await self._client.completions.create(prompt=r.prompt, extra_body=extra or None, **kw)
+        prompt = r.prompt_tokens if r.prompt_tokens is not None else r.prompt
+        resp = await self._client.completions.create(prompt=prompt, extra_body=extra or None, **kw)
         if not getattr(resp, "choices", None):
             raise TransientError("malformed response: no choices")
         out = []
@@ -218,7 +221,8 @@ class APIStatusError(Exception):
 
 
 def _transport(choice: str, base_url: str | None) -> str:
-    """``light`` for a plain-http URL reached without a proxy (``auto``), else ``sdk``."""
+    """``light`` for a plain-http URL on this machine, or elsewhere when no proxy is configured for
+    it (``auto``); else ``sdk`` (it handles TLS and proxies)."""
     if choice not in ("auto", "sdk", "light"):
         raise ValueError(f"openai backend: transport must be auto, sdk or light, got {choice!r}")
     url = urlsplit(base_url or "")
@@ -292,3 +296,43 @@ def _retry_after(e) -> float | None:
     except (AttributeError, ValueError, TypeError):
         return None
 
+
+class EchoNotSupported(RuntimeError):
+    """The server did not return the prompt's log-probabilities (no ``echo`` support)."""
+
+
+async def _loglikelihood_call(backend: OpenAIBackend, r: GenRequest) -> GenResult:
+    """A continuation's log-probability from a completions endpoint: the prompt and continuation
+    tokens sent with ``echo`` and ``logprobs``, read back over the continuation's positions (as
+    lm-eval's ``local-completions`` does). One extra token is generated and ignored."""
+    ctx = list(r.prompt_tokens or [])
+    cont = list(r.continuation_tokens)
+    try:
+        resp = await backend._client.completions.create(
+            model=backend.model, prompt=ctx + cont, echo=True, logprobs=1, max_tokens=1, temperature=0.0,
+            extra_body=dict(backend.extra_body) or None)
+    except backend._openai.RateLimitError as e:
+        raise TransientError("429 rate limited", retry_after=_retry_after(e)) from e
+    except (backend._openai.APITimeoutError, backend._openai.APIConnectionError) as e:
+        raise TransientError(f"{type(e).__name__}") from e
+    except backend._openai.APIStatusError as e:
+        if e.status_code >= 500 or e.status_code in (408, 409):
+            raise TransientError(f"HTTP {e.status_code}") from e
+        raise
+    lp = resp.choices[0].logprobs if resp.choices else None
+    tokens = list(getattr(lp, "tokens", None) or [])
+    values = list(getattr(lp, "token_logprobs", None) or [])
+    tops = list(getattr(lp, "top_logprobs", None) or [])
+    end = len(ctx) + len(cont)
+    if len(values) < end or len(tops) < end or any(v is None for v in values[len(ctx):end]):
+        raise EchoNotSupported(f"{backend.model}: the server returned log-probabilities for {len(values)} "
+                               f"tokens, not the {end} prompt tokens echoed back; it cannot score "
+                               "continuations (use a server with echo logprobs, e.g. vLLM or harness serve)")
+    greedy = all(top and max(top.items(), key=lambda kv: kv[1])[0] == tok
+                 for tok, top in zip(tokens[len(ctx):end], tops[len(ctx):end]))
+    return GenResult(loglikelihood=float(sum(values[len(ctx):end])), is_greedy=bool(greedy),
+                     finish_reason="scored", prompt_tokens=end)
+
+
+OpenAIBackend.supports_loglikelihood = True
+OpenAIBackend._loglikelihood = _loglikelihood_call

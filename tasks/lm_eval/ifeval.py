@@ -33,6 +33,14 @@ class IFEval(LMEvalTask):
         return {"dataset_path": "json", "dataset_name": None, "test_split": "train",
                 "dataset_kwargs": {"data_files": {"train": str(self.input_path())}}}
 
+    def evaluate_model(self, *args, **kwargs) -> list:
+        from tasks.lm_eval.ifeval_scoring import seeded
+
+        # lm-eval leaves langdetect unseeded, so a response's language verdict could change
+        # between runs; seeded, a rerun scores the same (as `harness leaderboard ifeval` does)
+        with seeded():
+            return super().evaluate_model(*args, **kwargs)
+
     def breakdown(self, rows, instances) -> dict:
         """Accuracy per instruction type, strict and loose (lm-eval's per-instruction values)."""
         acc: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"strict": [], "loose": []})
@@ -52,10 +60,8 @@ class IFEval(LMEvalTask):
     # -- `harness leaderboard ifeval --responses FILE`: score published responses
     @classmethod
     def add_leaderboard_args(cls, parser: argparse.ArgumentParser) -> None:
-        try:  # TEMP until ifeval_scoring lands
-            from tasks.lm_eval import ifeval_scoring
-        except ImportError:
-            return
+        from tasks.lm_eval import ifeval_scoring
+
         ifeval_scoring.add_leaderboard_args(parser)
 
     @classmethod
