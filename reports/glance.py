@@ -77,7 +77,7 @@ table.glance tr.under td:first-child{padding-left:18px}
 .ci{color:#555;font-size:12px}
 .pm{display:inline-flex;flex-direction:column;font-size:10px;line-height:1.05;vertical-align:middle;color:#555}
 td.off{color:#b35900;font-weight:600}
-table.detail td .muted{white-space:nowrap}
+table.detail{font-size:12px}
 """
 
 
@@ -146,20 +146,25 @@ def glance_table(board: dict) -> str:
     return f'<table class="glance">{colgroup}<thead>{head}</thead>{"".join(bodies)}</table>'
 
 
+HARNESS_TITLE = ' title="mean of the per-sample scores (their own scale) with a 95% percentile bootstrap CI and n"'
+
+
 def detail_tables(board: dict) -> str:
     parts = []
     for task in board["tasks"]:
         d = views.detail(board, task)
         if not d["rows"]:
             continue
-        head = "<tr><th>model</th>" + "".join(f"<th>{_breakable(c)}</th>" for c in d["columns"]) + "</tr>"
+        head = "<tr><th>model</th>" + "".join(
+            f'<th{HARNESS_TITLE if c == views.HARNESS_MEAN else ""}>{_breakable(c)}</th>' for c in d["columns"]) + "</tr>"
         body = []
         for r in d["rows"]:
             cells = "".join(f'<td>{esc(v)}{f"<div class=muted>{esc(ci)}</div>" if ci else ""}</td>'
                             for v, ci in r["cells"])
             body.append(f"<tr><td>{esc(r['model'])}</td>{cells}</tr>")
         notes = "".join(f'<li>{esc(n)}</li>' for n in d["notes"])
-        parts.append(f'<h4>{esc(task)}</h4><div class="scroll"><table class="detail">{head}{"".join(body)}'
+        graded = f'<p class="muted">{esc("; ".join(d["labels"]))}</p>'
+        parts.append(f'<h4>{esc(task)}</h4>{graded}<div class="scroll"><table class="detail">{head}{"".join(body)}'
                      f'</table></div>{f"<ul class=muted>{notes}</ul>" if notes else ""}')
     return "".join(parts)
 

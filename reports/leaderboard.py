@@ -316,7 +316,7 @@ def to_markdown(board: dict) -> str:
         d = views.detail(board, task)
         if not d["rows"]:
             continue
-        lines += ["", f"## {task}", "", "| model | " + " | ".join(_md(c) for c in d["columns"]) + " |",
+        lines += ["", f"## {task}", "", _md("; ".join(d["labels"])), "", "| model | " + " | ".join(_md(c) for c in d["columns"]) + " |",
                   "|" + "---|" * (len(d["columns"]) + 1)]
         for r in d["rows"]:
             vals = [f"{v} {ci}".strip() for v, ci in r["cells"]]

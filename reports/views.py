@@ -11,6 +11,7 @@ from reports import display, labels
 # keys of a result that are labels, not metrics
 LABEL_KEYS = {"primary_metric", "official_metrics", "lower_is_better", "judge", "judge_model", "judge_api",
               "judge_method", "scorer"}
+HARNESS_MEAN = "harness mean [95% CI]"  # of the per-sample scores, percentile bootstrap
 VARIANT_SEP = "@"  # "<base>@<variant>": best-of-n (model@bo4[rm]), system-message ablations
 
 
@@ -71,8 +72,9 @@ def _is_number(v) -> bool:
 
 
 def detail(board: dict, task: str) -> dict:
-    """{"columns": [metric names], "rows": [{"model", "cells": [(text, interval)]}], "notes"}: every
-    numeric metric of the task (its CI beside it), then the harness's mean of the per-sample scores."""
+    """{"columns": [metric names], "rows": [{"model", "cells": [(text, interval)]}], "notes", "labels"}:
+    every numeric metric of the task (its CI beside it), then the harness's mean of the per-sample
+    scores; "labels" are the cells' labels ("official" or who graded them), once per table."""
     rows = [r for r in board["rows"] if task in r["cells"]]
     keys: dict[str, None] = {}
     notes: dict[str, None] = {}
@@ -99,10 +101,9 @@ def detail(board: dict, task: str) -> dict:
             cells.append((f"{s['mean']:.3f}", f"[{s['lower']:.3f}, {s['upper']:.3f}] n={s['n']}"))
         else:
             cells.append(("", ""))
-        cells.append((c["label"], ""))
         out_rows.append({"model": r["model"], "cells": cells})
-    return {"columns": [*keys, "harness mean of sample scores [95% CI]", "graded by"], "rows": out_rows,
-            "notes": list(notes)}
+    graded = list(dict.fromkeys(r["cells"][task]["label"] for r in rows))
+    return {"columns": [*keys, HARNESS_MEAN], "rows": out_rows, "notes": list(notes), "labels": graded}
 
 
 def banner(board: dict) -> list[str]:

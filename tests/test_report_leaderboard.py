@@ -199,6 +199,8 @@ def test_details_hold_the_other_metrics_at_the_official_precision(local):
     row = {c["text"]: v["text"] for c, v in zip(rtp[0], next(r for r in rtp[1:] if r[0]["text"] == "sft"))}
     assert row["dist1"] == "0.581" and row["expected_max_toxicity_std"] == "0.200"
     assert "scale: 1-10" in sections["mt_bench"]  # text fields are notes, not columns
+    # who graded a benchmark is said once above its table, not in every row
+    assert sections["mt_bench"].count("judge smollm2-judge (served locally), logprob scoring") == 1
     md = (path.parent / "leaderboard.md").read_text()
     assert "| sft | 29.37 | 1.26 |" in md and "## arena_hard" in md
 
