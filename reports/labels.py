@@ -3,14 +3,15 @@
 The rule (written once in the report, see ``RULE``): a number is *official* when it is computed the
 official way (the task lists it in ``official_metrics``) **and** from the official judge's outputs
 (the judge model the benchmark's own code uses, scoring by its text; for RealToxicityPrompts the
-Perspective API). A number computed the official way from another judge (a local model, logprob
-scoring) is labelled with that judge's name and method instead, and is not comparable to published
-leaderboards.
+Perspective API; for lm-eval tasks lm-eval's own metric code). A number computed the official way
+from another judge (a local model, logprob scoring) is labelled with that judge's name and method
+instead, and is not comparable to published leaderboards.
 
 The pipeline records who graded each result (``judge``, ``judge_model``, ``judge_api``,
 ``judge_method``, ``scorer`` in results.json, see ``harness.provenance``); the official judge is
-the model itself behind the OpenAI API (``judge_api: openai``), not a model served under its name. A result that records no grader
-is not called official either: nothing says whose outputs it was computed from.
+the model itself behind the OpenAI API (``judge_api: openai``), not a model served under its name.
+A result that records no grader is not called official either: nothing says whose outputs it was
+computed from.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ OFFICIAL_JUDGES = {
 # task -> the scorer of the official implementation
 OFFICIAL_SCORERS = {"real_toxicity_prompts": "perspective"}
 SCORER_NAMES = {"perspective": "the Perspective API"}
+# scorers that are a benchmark library's own metric code, no model involved: official for its tasks
+OWN_CODE_SCORERS = {"lm_eval"}
 
 RULE = ('"official" means the official computation on the official judge\'s outputs. A number computed '
         "the official way from another judge (a local model, logprob scoring) is labelled with that "
@@ -57,8 +60,8 @@ def is_official_grader(task: str, g: dict) -> bool:
         # the model itself (the OpenAI API), not a local model served under its name
         return (g["name"] in models and g["api"] == "openai" and g["method"] == "text"
                 and g.get("judge") in (None, kind))
-    if g.get("kind") == "scorer" and task in OFFICIAL_SCORERS:
-        return g["name"] == OFFICIAL_SCORERS[task]
+    if g.get("kind") == "scorer":
+        return g["name"] in OWN_CODE_SCORERS or g["name"] == OFFICIAL_SCORERS.get(task)
     return False
 
 
