@@ -32,8 +32,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob
 from harness import serve_completions as completions_api
+from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob
 
 
 FAULT_KINDS = ("429", "500", "timeout", "truncated_json", "empty_choices", "null_content", "echo_secret",
@@ -160,10 +160,8 @@ def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
     model_lock = asyncio.Lock()
     batcher = Batcher(backend, lock=model_lock)
     # prompt scoring (echo + logprobs) is its own lane: a forward pass, never part of a generate() batch
-    scorer = None
-    if completions_api.can_score(backend):
-        score = completions_api.make_score(backend)
-        scorer = Batcher(backend, run=lambda items: asyncio.to_thread(score, items), lock=model_lock)
+    scorer = (Batcher(backend, run=completions_api.make_score(backend), lock=model_lock)
+              if completions_api.can_score(backend) else None)
     completer = completions_api.Completer(backend, batcher.submit, scorer.submit if scorer else None)
     faults = faults or Faults()
     rng = random.Random(faults.seed)

@@ -13,6 +13,7 @@ pass, as lm-eval's ``hf`` model computes them). A backend without it answers HTT
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -143,15 +144,16 @@ def _has_tokenizer(backend: Backend) -> bool:
     return hasattr(type(backend), "tokenizer")  # on the class: reading it would load the model
 
 
-def make_score(backend: Backend) -> Callable[[list[tuple[list[int], int, int]]], ScoreRows]:
-    """A batch function for the server's scoring lane: items ``(seq, start, top_k)`` -> rows."""
+def make_score(backend: Backend) -> Score:
+    """The batch function of the server's scoring lane: items ``(seq, start, top_k)`` -> rows,
+    one ``score_tokens`` call (in a thread) per batch."""
 
     def score(items):
         top_k = max(k for _, _, k in items)
         rows = backend.score_tokens([s for s, _, _ in items], [st for _, st, _ in items], top_k)
         return [[(lp, g, top[:k]) for lp, g, top in r] for r, (_, _, k) in zip(rows, items)]
 
-    return score
+    return lambda items: asyncio.to_thread(score, items)
 
 
 def _eos_ids(backend) -> set[int]:
@@ -170,7 +172,7 @@ class Completer:
     """Answers a :class:`Plan`: generation through ``generate``, prompt scoring through ``score``
     (the server's two batching lanes; a scoring pass never joins a generation batch)."""
 
-    def __init__(self, backend: Backend, generate: Generate, score: Score):
+    def __init__(self, backend: Backend, generate: Generate, score: Score | None):
         self.backend = backend
         self.generate = generate
         self.score = score
@@ -251,11 +253,12 @@ class Completer:
         results = await generate(reqs)
         choices = []
         for j, (req, r) in enumerate(zip(reqs, results)):
-            echoed = "" if not plan.echo else req.prompt if req.prompt is not None else \
-                self.backend.tokenizer.decode(req.prompt_tokens)
+            prompt = req.prompt if req.prompt is not None else self.backend.tokenizer.decode(req.prompt_tokens)
             lps = None if r.logprobs is None or plan.logprobs is None else \
                 [(t.token, t.logprob, _top_dict(t.top)) for t in r.logprobs]
-            choices.append(_choice(j, echoed + r.text, r.finish_reason or "stop", lps, text_start=len(echoed)))
+            # text_offset counts from the start of the prompt, echoed or not (as OpenAI)
+            choices.append(_choice(j, (prompt if plan.echo else "") + r.text, r.finish_reason or "stop", lps,
+                                   text_start=len(prompt)))
         prompt_tokens = sum(r.prompt_tokens for r in results[::plan.n])
         return choices, _usage(prompt_tokens, sum(r.completion_tokens for r in results))
 

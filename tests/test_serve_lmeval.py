@@ -133,6 +133,9 @@ def test_echo_with_longer_generation_appends_the_generated_tokens(server, backen
         assert e["logprobs"]["tokens"] == z["logprobs"]["tokens"] + p["logprobs"]["tokens"]
         assert e["logprobs"]["token_logprobs"][:len(x)] == z["logprobs"]["token_logprobs"]
         assert e["logprobs"]["token_logprobs"][len(x):] == p["logprobs"]["token_logprobs"]
+        # offsets count from the start of the prompt, echoed or not
+        assert p["logprobs"]["text_offset"] == e["logprobs"]["text_offset"][len(x):]
+        assert p["logprobs"]["text_offset"][0] == len(backend.tokenizer.decode(x))
 
 
 def test_several_prompts_are_answered_in_order(server, backend):
@@ -150,6 +153,42 @@ def test_several_prompts_are_answered_in_order(server, backend):
     sampled = post(server, {"prompt": TEXTS[:2], "n": 2, **body}).json()["choices"]
     assert [c["index"] for c in sampled] == [0, 1, 2, 3]
     assert [c["text"] for c in sampled] == [alone[0], alone[0], alone[1], alone[1]]
+
+
+def test_scoring_has_its_own_lane_and_concurrent_requests_share_a_pass(tiny_model_dir):
+    """lm-eval's 1-token echo requests are answered by the scoring pass alone (no generate() call);
+    concurrent ones are batched into one score_tokens call and answer as they would alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = HFBackend(str(tiny_model_dir), batch_size=8)
+    calls = {"score": [], "generate": 0}
+    score, generate = b.score_tokens, b.generate
+
+    def counting_score(seqs, starts, top_k=0):
+        calls["score"].append(len(seqs))
+        if calls.get("slow"):  # the others queue up meanwhile
+            time.sleep(0.5)
+            calls["slow"] = False
+        return score(seqs, starts, top_k)
+
+    async def counting_generate(reqs):
+        calls["generate"] += 1
+        return await generate(reqs)
+
+    b.score_tokens, b.generate = counting_score, counting_generate
+    ids = [b.tokenizer(t).input_ids for t in TEXTS] * 2
+    with ServerThread(build_app(b, "tiny")) as srv:
+        alone = [post(srv, {"prompt": [x], **ECHO}).json()["choices"][0]["logprobs"] for x in ids]
+        assert calls == {"score": [1] * len(ids), "generate": 0}
+        calls["score"].clear()
+        calls["slow"] = True
+        with ThreadPoolExecutor(len(ids)) as pool:
+            together = list(pool.map(lambda x: post(srv, {"prompt": [x], **ECHO}).json(), ids))
+    assert calls["generate"] == 0 and sum(calls["score"]) == len(ids) and max(calls["score"]) > 1
+    for a, t in zip(alone, together):
+        got = t["choices"][0]["logprobs"]
+        assert got["tokens"] == a["tokens"]
+        assert max(abs(x - y) for x, y in zip(got["token_logprobs"][1:], a["token_logprobs"][1:])) < 1e-5
 
 
 @pytest.mark.parametrize("body, param", [
@@ -295,11 +334,13 @@ def test_lm_eval_against_harness_serve_scores_as_lm_eval_hf(tmp_path, smol_dir):
                      "--batch_size", "1", "--device", "cpu")
     hf_chat = lm_eval_cli(tmp_path / "hf_chat", tasks_dir, "local_gen", "hf", hf_args,
                           "--batch_size", "1", "--device", "cpu", "--apply_chat_template")
+    t0 = time.perf_counter()
     proc, base_url = start_server_process(str(smol_dir), "smol", batch_size=4, log_path=str(tmp_path / "serve.log"))
+    print(f"harness serve up in {time.perf_counter() - t0:.1f} s")
     try:
         api = lm_eval_cli(tmp_path / "api", tasks_dir, "local_mc,local_gen", "local-completions",
                           f"model=smol,base_url={base_url}/completions,tokenizer_backend=huggingface,"
-                          f"tokenizer={smol_dir},num_concurrent=1,max_retries=1,batch_size=4")
+                          f"tokenizer={smol_dir},num_concurrent=1,max_retries=1", "--batch_size", "4")
         chat = lm_eval_cli(tmp_path / "chat", tasks_dir, "local_gen", "local-chat-completions",
                            f"model=smol,base_url={base_url}/chat/completions,num_concurrent=1,max_retries=1,"
                            "tokenized_requests=False,eos_string=<|im_end|>", "--apply_chat_template")
