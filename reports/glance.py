@@ -5,6 +5,7 @@ and the per-benchmark detail tables. Every string from a file or a model goes th
 from __future__ import annotations
 
 import html
+import math
 
 from reports import labels, views
 
@@ -112,7 +113,8 @@ def _head(col: dict, k: int) -> str:
 
 def _cell(task: str, c: dict | None) -> str:
     g = views.glance_cell(task, c)
-    v = "" if g["value"] is None else repr(float(g["value"]))
+    # the exact value to sort by; none (sorted last) when missing or not finite
+    v = repr(float(g["value"])) if g["value"] is not None and math.isfinite(g["value"]) else ""
     if g["plus"] is None:
         ci = ""
     elif g["minus"] is None:

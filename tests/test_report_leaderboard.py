@@ -280,6 +280,15 @@ def test_no_ci_from_another_scale(tmp_path):
     assert rows[1][1]["text"] == "50.0" and rows[1][2]["text"].startswith("0.50 ")
 
 
+def test_a_non_finite_headline_shows_a_dash_and_sorts_last():
+    from reports import glance
+
+    cell = {"value": float("nan"), "lower": None, "upper": None, "metric": "score", "n": 3, "label": "official",
+            "official": True}
+    assert glance._cell("mt_bench", cell).startswith('<td class="off" data-v="" ')
+    assert ">—</td>" in glance._cell("mt_bench", cell)
+
+
 def test_model_names_are_text(local):
     page, _ = local
     assert XSS_MODEL not in page and 'alert("m")' not in page
