@@ -116,6 +116,8 @@ def banner(board: dict) -> list[str]:
                 by_label.setdefault(c["label"], {})[task] = None
     lines = []
     for label, tasks in by_label.items():
-        wanted = [f"{t} {labels.official_grader(t)}" for t in tasks if labels.official_grader(t)]
+        named = [t for t in tasks if labels.official_grader(t)]
+        wanted = [labels.official_grader(t) if len(tasks) == 1 else f"{t} {labels.official_grader(t)}"
+                  for t in named]
         lines.append(f"{', '.join(tasks)}: {label}" + (f" (official: {'; '.join(wanted)})" if wanted else ""))
     return lines
