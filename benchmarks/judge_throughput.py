@@ -2,8 +2,10 @@
 
 Ideal: concurrency / latency requests per second (16 / 0.2 s = 80 req/s). Prints the
 achieved share of the ideal, the harness's own CPU time per call (client process only:
-the server runs in a separate process), and the time of a fully cached rerun of a
-whole run versus its first run.
+the server runs in a separate process) with the default transport (light, for this
+http:// URL) and with the openai SDK transport as the reference, and the time of a fully
+cached rerun of a whole run versus its first run. ``benchmarks/harness_overhead.py``
+measures the per-call overhead against an instant server.
 
     python benchmarks/judge_throughput.py [--requests 800] [--latency 0.2] [--concurrency 16]
 """
@@ -48,24 +50,40 @@ def start_server(latency: float, answer: str = "rating"):
     raise RuntimeError("server did not start")
 
 
-def throughput(url: str, n: int, conc: int, latency: float, tmp: Path) -> None:
+def throughput(url: str, n: int, conc: int, latency: float, tmp: Path, transport: str) -> float:
     from harness.backends.base import GenRequest
     from harness.backends.openai_backend import OpenAIBackend
     from harness.calls import CallLayer, CallSettings
 
-    backend = OpenAIBackend("judge", base_url=url)
-    layer = CallLayer(tmp / "cache.sqlite", CallSettings(concurrency=conc))
-    reqs = [GenRequest(messages=[{"role": "user", "content": f"judge answer {i}"}], max_tokens=64) for i in range(n)]
-    # warm up the connection pool outside the timed part
-    asyncio.run(layer.run(backend, [GenRequest(messages=[{"role": "user", "content": "warm"}])]))
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    res = asyncio.run(layer.run(backend, reqs))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    backend = OpenAIBackend("judge", base_url=url, transport=transport)
+    layer = CallLayer(tmp / f"cache-{transport}.sqlite", CallSettings(concurrency=conc))
+    reqs = [GenRequest(messages=[{"role": "user", "content": f"judge answer {i} {transport}"}], max_tokens=64)
+            for i in range(n)]
+
+    async def go():
+        # one loop for the warm-up and the timed calls: the connections opened stay in use
+        await layer.run(backend, [GenRequest(messages=[{"role": "user", "content": f"warm {i} {transport}"}])
+                                  for i in range(conc)])
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        res = await layer.run(backend, reqs)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        for client in backend._clients.values():
+            await client.close()
+        backend.close()
+        return res, wall, cpu
+
+    res, wall, cpu = asyncio.run(go())
     assert all(r.error is None for r in res)
-    ideal = conc / latency
-    print(f"judge calls: {n} at concurrency {conc}, server latency {latency * 1000:.0f} ms")
-    print(f"  throughput {n / wall:.1f} req/s; ideal {ideal:.1f} req/s; ratio {n / wall / ideal:.3f} (target >= 0.85)")
+    print(f"judge calls ({backend.transport} transport): {n} at concurrency {conc}, "
+          f"server latency {latency * 1000:.0f} ms")
+    if latency:
+        ideal = conc / latency
+        print(f"  throughput {n / wall:.1f} req/s; ideal {ideal:.1f} req/s; ratio {n / wall / ideal:.3f} "
+              f"(target >= 0.85)")
+    else:
+        print(f"  throughput {n / wall:.1f} req/s")
     print(f"  harness CPU per call: {cpu / n * 1000:.2f} ms")
+    return cpu / n
 
 
 def rerun(url: str, tmp: Path, data_dir: str) -> None:
@@ -104,7 +122,9 @@ def main() -> None:
     proc, url = start_server(a.latency)
     try:
         with tempfile.TemporaryDirectory() as d:
-            throughput(url, a.requests, a.concurrency, a.latency, Path(d))
+            light = throughput(url, a.requests, a.concurrency, a.latency, Path(d), "auto")
+            sdk = throughput(url, a.requests, a.concurrency, a.latency, Path(d), "sdk")
+            print(f"  CPU per call, light / SDK transport: ratio {light / sdk:.3f}")
             rerun(url, Path(d), data_dir)
     finally:
         proc.terminate()

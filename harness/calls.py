@@ -290,6 +290,9 @@ class CallLayer:
         """Group cache misses into backend calls."""
         if getattr(backend, "supports_n", False):
             # distinct sample indices of one request: one n>1 call, choice k -> k-th smallest index
+            if not any(requests[i].sample_index for i in misses):
+                # one sample each (the misses have distinct cache keys): no group to find, no key to hash
+                return [[i] for i in misses]
             groups: dict[str, list[int]] = {}
             for i in misses:
                 groups.setdefault(requests[i].group_key(), []).append(i)

@@ -49,8 +49,15 @@ CREATE TABLE IF NOT EXISTS blobs (ref TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
-# the open write group: store -> its held writes, in order (see grouped_writes)
-_GROUP: contextvars.ContextVar[dict | None] = contextvars.ContextVar("harness_store_group", default=None)
+class _Group:
+    """The writes held by one ``grouped_writes`` block: store -> its write functions, in order."""
+
+    def __init__(self):
+        self.writes: dict = {}
+        self.open = True
+
+
+_GROUP: contextvars.ContextVar[_Group | None] = contextvars.ContextVar("harness_store_group", default=None)
 
 
 @contextlib.contextmanager
@@ -58,16 +65,18 @@ def grouped_writes():
     """Hold the ``RunStore`` writes made inside the block and commit them per store in one
     transaction at its end (nested blocks join the outer one). Reads inside the block see
     only committed records. A failed commit raises StoreError and writes none of the group."""
-    if _GROUP.get() is not None:
+    outer = _GROUP.get()
+    if outer is not None and outer.open:
         yield
         return
-    group: dict = {}
+    group = _Group()
     token = _GROUP.set(group)
     try:
         yield
     finally:
         _GROUP.reset(token)
-        for store, fns in group.items():  # also on an exception: what finished is kept
+        group.open = False  # a task created inside the block inherits the context: it writes directly
+        for store, fns in group.writes.items():  # also on an exception: what finished is kept
             store._write(lambda db, fns=fns: [fn(db) for fn in fns])
 
 
@@ -166,8 +175,8 @@ class RunStore:
 
     def _write(self, fn) -> None:
         group = _GROUP.get()
-        if group is not None:
-            group.setdefault(self, []).append(fn)
+        if group is not None and group.open:
+            group.writes.setdefault(self, []).append(fn)
             return
         with self._lock:
             write_transaction(self._db, fn, f"{self.path}: cannot write the run store")

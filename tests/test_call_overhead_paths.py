@@ -62,6 +62,7 @@ def test_light_transport_is_the_default_for_plain_http_only(monkeypatch):
     assert OpenAIBackend("m", base_url="http://127.0.0.1:8000/v1", transport="sdk").transport == "sdk"
     monkeypatch.setenv("http_proxy", "http://proxy:3128")
     assert OpenAIBackend("m", base_url="http://gpu-node:8000/v1").transport == "sdk"  # the SDK honours proxies
+    assert OpenAIBackend("m", base_url="http://localhost:8000/v1").transport == "light"
     with pytest.raises(ValueError, match="transport"):
         OpenAIBackend("m", base_url="https://api.example.com/v1", transport="light")
     with pytest.raises(ValueError, match="transport"):
@@ -221,6 +222,23 @@ def test_grouped_writes_commit_together_at_the_end_of_the_block(tmp_path):
     assert store.count("judgment") == 3
     got = store.get("judgment", judgment(2).key)
     assert got.value == 2 and store.judge_prompt(got) == [{"role": "user", "content": "p2"}]
+
+
+def test_a_write_after_the_group_closed_is_not_held(tmp_path):
+    store = RunStore(tmp_path)
+
+    async def go():
+        with grouped_writes():
+            task = asyncio.get_running_loop().create_task(asyncio.sleep(0.01))  # inherits the group's context
+            late = asyncio.get_running_loop().create_task(write_later(task))
+        await late
+
+    async def write_later(task):
+        await task
+        store.put(judgment(9))  # runs after the block ended: written at once, not into the closed group
+
+    asyncio.run(go())
+    assert store.count("judgment") == 1
 
 
 def test_a_failed_group_commit_raises_and_writes_none_of_it(tmp_path):

@@ -120,8 +120,7 @@ class LightHTTP:
             raise ValueError(f"the light HTTP client takes http://host[:port] URLs only, not {base_url!r}")
         self.host, self.port = u.hostname, u.port or 80
         self.prefix = u.path.rstrip("/")
-        host = f"{u.hostname}:{u.port}" if u.port else u.hostname
-        fixed = {"Host": host, "Content-Type": "application/json", "Accept": "application/json",
+        fixed = {"Host": u.netloc.rpartition("@")[2], "Content-Type": "application/json", "Accept": "application/json",
                  "User-Agent": "janus-harness", "Connection": "keep-alive", **headers}
         self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self.timeout_s = timeout_s

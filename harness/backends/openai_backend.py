@@ -230,8 +230,10 @@ def _transport(choice: str, base_url: str | None) -> str:
         raise ValueError(f"openai backend: transport light needs an http:// base_url, got {base_url!r}")
     if choice != "auto":
         return choice
-    proxied = "http" in urllib.request.getproxies() and not urllib.request.proxy_bypass(url.hostname or "")
-    return "light" if url.scheme == "http" and url.hostname and not proxied else "sdk"
+    host = url.hostname or ""
+    local = host in ("localhost", "::1") or host.startswith("127.")  # no proxy can reach it anyway
+    proxied = "http" in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+    return "light" if url.scheme == "http" and host and (local or not proxied) else "sdk"
 
 
 def _chat_choices(resp: dict, n: int) -> list[GenResult]:
