@@ -19,6 +19,7 @@ INPUT_FILE = Path("ifeval") / "input_data.jsonl"
 class IFEval(LMEvalTask):
     name = "ifeval"
     lm_eval_task = "ifeval"
+    builtin_folder = "ifeval"
     primary_metric = "prompt_level_strict_acc"
 
     def input_path(self) -> Path:

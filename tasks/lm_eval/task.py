@@ -89,11 +89,24 @@ class LMEvalTask(Task):
         """YAML keys a preset sets (e.g. a local copy of the dataset)."""
         return {}
 
+    #: a folder of lm-eval's own tasks that holds this task (a preset): indexed alone
+    builtin_folder: str | None = None
+
     def task_manager(self):
+        """lm-eval's task index. Indexing all of lm-eval's ~14,000 task files takes seconds, so a
+        task found in its include path (or a preset's own folder) is indexed from there alone."""
         include = self.opts.include_path
         if include and not Path(include).is_dir():
             raise ValueError(f"tasks[{self.name}].options.include_path: {include} is not a directory")
-        return _task_manager(str(Path(include).resolve()) if include else None)
+        if include is None and self.builtin_folder:
+            import lm_eval
+
+            include = str(Path(lm_eval.__file__).parent / "tasks" / self.builtin_folder)
+        if include:
+            tm = _task_manager(str(Path(include).resolve()), False)
+            if self.lm_eval_task in tm.all_tasks:
+                return tm
+        return _task_manager(str(Path(include).resolve()) if include else None, True)
 
     def lm_task(self):
         """The lm-eval Task object of this harness task (built once; see ``build_lm_task``)."""
@@ -289,11 +302,11 @@ class LMEvalTask(Task):
 
 
 @functools.lru_cache(maxsize=8)
-def _task_manager(include_path: str | None):
-    # indexing lm-eval's task folders takes seconds: once per process and include path
+def _task_manager(include_path: str | None, include_defaults: bool):
+    # once per process and include path
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path)
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
 def bridge_settings(backend) -> dict:
