@@ -1,10 +1,14 @@
-"""Time `make_report` on 20 models x 5 benchmarks x 1,000 instances, 10,000 bootstrap rounds.
+"""Time `make_report` on 20 models x 6 benchmarks x 1,000 instances, 10,000 bootstrap rounds.
 
 Usage: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/report_speed.py [--all-pairs] [--bootstrap B]
 
 Builds a synthetic run directory (run-directory contract: results.json + samples/*.jsonl)
 in a temporary folder, then times the whole report (read, leaderboard CIs, significance with
-every test, plots, HTML) and each stage separately. Target: under 30 s on the 2-core machine.
+every test, the paper's tables, figures as PNG and SVG, HTML) and each stage separately. The
+results carry the keys the tasks write (Multifaceted Bench per source and dimension, AlpacaEval
+LC, RealToxicityPrompts, IFEval's four accuracies), and four of the 20 models are system-message
+variants (``<base>@sys=none`` / ``@sys=generic``), so every table has rows. Target: under 15 s on
+the 2-core machine.
 """
 from __future__ import annotations
 
@@ -28,8 +32,46 @@ TASKS = {  # task -> (score generator, metric name)
     "arena_hard": "battle",
     "mt_bench": "single",
     "real_toxicity_prompts": "binary",
+    "ifeval": "accuracy",
 }
-SOURCES = ["alpaca_eval", "flask", "koala", "mt_bench", "self_instruct"]
+SOURCES = ["alpaca_eval_2", "flask", "koala", "mt_bench", "self_instruct"]
+N_VARIANTS = 4  # the last models are model-01@sys=none, model-01@sys=generic, model-02@sys=none, ...
+
+
+def model_names(n_models: int) -> list[str]:
+    plain = max(1, n_models - N_VARIANTS)
+    names = [f"model-{m:02d}" for m in range(plain)]
+    for k in range(n_models - plain):
+        names.append(f"model-{1 + k // 2:02d}@sys={('none', 'generic')[k % 2]}")
+    return names
+
+
+def task_metrics(task: str, scores: np.ndarray, rng) -> dict:
+    """The headline and the other keys the real task writes (values: plausible, not computed)."""
+    mean = float(scores.mean())
+    if task == "multifaceted_bench":
+        out = {"score": mean, "score_lower": mean - 0.05, "score_upper": mean + 0.05}
+        for k, src in enumerate(SOURCES):
+            v = float(scores[k::5].mean())
+            out.update({f"source.{src}": v, f"source.{src}_lower": v - 0.1, f"source.{src}_upper": v + 0.1})
+        for d in range(4):
+            out.update({f"dim{d}": mean + d * 0.01, f"dim{d}_lower": mean - 0.05, f"dim{d}_upper": mean + 0.05})
+        return {**out, "primary_metric": "score", "official_metrics": ["score"]}
+    if task == "alpaca_eval":
+        return {"win_rate": 100 * mean, "standard_error": 1.5, "length_controlled_winrate": 100 * mean + 1,
+                "lc_source": "GLM fit length_controlled_v1, pinned df_gamed.csv", "n_total": len(scores),
+                "primary_metric": "win_rate", "official_metrics": ["win_rate", "length_controlled_winrate"]}
+    if task == "real_toxicity_prompts":
+        out = {"expected_max_toxicity": mean, "toxicity_probability": mean, "primary_metric": "expected_max_toxicity",
+               "lower_is_better": True, "scorer": "detoxify"}
+        for k in (1, 2, 3):
+            out[f"dist{k}"] = float(rng.uniform(0.5, 0.9))
+        return out
+    if task == "ifeval":
+        return {"prompt_level_strict_acc": mean, "prompt_level_strict_acc_stderr": 0.01,
+                "inst_level_strict_acc": mean + 0.05, "prompt_level_loose_acc": mean + 0.02,
+                "inst_level_loose_acc": mean + 0.07, "primary_metric": "prompt_level_strict_acc", "scorer": "lm_eval"}
+    return {"score": mean}
 
 
 def make_run(root: Path, n_models: int, n_instances: int, seed: int = 0) -> Path:
@@ -37,6 +79,7 @@ def make_run(root: Path, n_models: int, n_instances: int, seed: int = 0) -> Path
     run = root / "run"
     (run / "samples").mkdir(parents=True)
     results = {}
+    names = model_names(n_models)
     for task, kind in TASKS.items():
         results[task] = {}
         skill = rng.normal(size=n_models) * 0.3
@@ -53,17 +96,19 @@ def make_run(root: Path, n_models: int, n_instances: int, seed: int = 0) -> Path
                     scores = np.clip(np.round(2 * (1 / (1 + np.exp(-latent)))) / 2, 0, 1)
                 elif kind == "single":
                     scores = np.clip(np.round(6 + 2 * latent), 1, 10)
+                elif kind == "accuracy":
+                    scores = (latent > 0).astype(float)
                 else:
                     scores = (latent < -1.2).astype(float)
-                model = f"model-{m:02d}"
+                model = names[m]
                 for i in range(n_instances):
                     row = {"task": task, "instance_id": f"{task}-{i}", "model": model, "score": float(scores[i]),
                            "prompt": f"prompt {i}", "response": f"response of {model} to {i} " * 3}
                     if kind == "rubric":
                         row["source"] = SOURCES[i % 5]
-                        row["dims"] = {f"rubric{k}": float(dims[i, k]) for k in range(4)}
+                        row["dims"] = {f"dim{k}": float(dims[i, k]) for k in range(4)}
                     fh.write(json.dumps(row) + "\n")
-                results[task][model] = {"score": float(scores.mean()), "n": n_instances}
+                results[task][model] = {**task_metrics(task, scores, rng), "n": n_instances}
     (run / "results.json").write_text(json.dumps({"run": {"name": "speed"}, "results": results}))
     return run
 
