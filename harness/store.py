@@ -317,9 +317,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk at write/fsync: name the file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
