@@ -31,6 +31,31 @@ class ModelConfig:
     options: dict = field(default_factory=dict)  # backend options (batch_size, chat_template, ...)
     generation: dict = field(default_factory=dict)  # overrides of the task's generation spec
     serve: dict | None = None  # start `harness serve` for this model: {model, batch_size, chat_template}
+    # the system message this model answers with: None/"original" (each instance's own), "none"
+    # (no system message), "generic" (the run's `generic_system`) or {text: "..."}
+    system: Any = None
+    # system-message ablations: one more model per entry, named "<name>@sys=<variant>"
+    system_variants: list = field(default_factory=list)
+    variant_of: str | None = None  # set on the models that `system_variants` expands to
+
+
+    def system_message(self, own: str | None, generic: str) -> str | None:
+        """The system message sent with an instance whose own message is ``own``."""
+        mode = self.system
+        if mode in (None, "original"):
+            return own
+        if mode == "none":
+            return None
+        if mode == "generic":
+            return generic
+        return mode["text"]
+
+    def system_key(self, generic: str):
+        """What the generation hash records of the system mode (None for the default)."""
+        if self.system in (None, "original"):
+            return None
+        return {"mode": "text" if isinstance(self.system, dict) else self.system,
+                "text": self.system_message(None, generic)}
 
     def backend_kwargs(self) -> dict:
         kw = dict(self.options)
@@ -65,11 +90,15 @@ class RunConfig:
     judge: JudgeConfig | None = None
     tasks: list[TaskConfig] = field(default_factory=list)
     calls: dict = field(default_factory=dict)
+    # the message of `system: generic` model variants (the JANUS ablation's generic system message)
+    generic_system: str = "You are a helpful assistant."
     source: str = ""  # file it was read from
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("source")
+        # the variants are written as their base's `system_variants`, so the dict parses back the same
+        d["models"] = [m for m in d["models"] if m.get("variant_of") is None]
         return d
 
     def judge_for(self, t: TaskConfig) -> "JudgeConfig | None":
@@ -97,6 +126,7 @@ def parse_config(raw: dict, file: str = "<config>") -> RunConfig:
         raise ConfigError(f"{file}: top level must be a mapping")
     raw = dict(raw)
     models = [_build(ModelConfig, m, f"models[{i}]", file) for i, m in enumerate(raw.pop("models", []) or [])]
+    models = expand_system_variants(models, file)
     judge = raw.pop("judge", None)
     judge = _build(JudgeConfig, judge, "judge", file) if judge is not None else None
     tasks = []
@@ -109,6 +139,40 @@ def parse_config(raw: dict, file: str = "<config>") -> RunConfig:
     cfg = _build(RunConfig, {**raw, "models": models, "judge": judge, "tasks": tasks, "source": file}, "top level", file)
     validate(cfg)
     return cfg
+
+
+SYSTEM_MODES = ("original", "none", "generic")
+
+
+def _check_system(value, where: str) -> str:
+    """A system mode's variant name ("none", "generic", or a {name, text} mapping's name)."""
+    if value in SYSTEM_MODES:
+        return value
+    if isinstance(value, dict) and set(value) <= {"name", "text"} and isinstance(value.get("text"), str) \
+            and value["text"].strip():
+        return value.get("name", "text")
+    raise ConfigError(f"{where}: expected one of {list(SYSTEM_MODES)} or {{name, text}} with a non-empty "
+                      f"text, got {value!r}")
+
+
+def expand_system_variants(models: list[ModelConfig], file: str) -> list[ModelConfig]:
+    """Each ``system_variants`` entry becomes its own model, ``<name>@sys=<variant>``: a distinct
+    model in every table, sharing the base model's weights and call cache."""
+    out = []
+    for i, m in enumerate(models):
+        if m.system is not None:
+            _check_system(m.system, f"{file}: models[{i}].system")
+        if not isinstance(m.system_variants, list):
+            raise ConfigError(f"{file}: models[{i}].system_variants: expected a list")
+        out.append(m)
+        for j, v in enumerate(m.system_variants):
+            label = _check_system(v, f"{file}: models[{i}].system_variants[{j}]")
+            if label == "original" and m.system in (None, "original"):
+                continue  # the base entry already answers with the instances' own messages
+            mode = {"text": v["text"]} if isinstance(v, dict) else v
+            out.append(dataclasses.replace(m, name=f"{m.name}@sys={label}", system=mode, system_variants=[],
+                                           variant_of=m.name))
+    return out
 
 
 def validate(cfg: RunConfig) -> None:

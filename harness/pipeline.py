@@ -127,7 +127,11 @@ class Run:
                 raise ValueError(f"models[{mcfg.name}].generation.{k}: unknown generation setting")
             setattr(spec, k, v)
         backend = self._backend(mcfg)
-        gen_hash = stable_hash({"spec": spec.to_dict(), "model_id": backend.model_id})
+        ident = {"spec": spec.to_dict(), "model_id": backend.model_id}
+        system = mcfg.system_key(self.cfg.generic_system)
+        if system is not None:  # a system-message ablation variant (absent for the default: keys unchanged)
+            ident["system"] = system
+        gen_hash = stable_hash(ident)
         self.store.set_current_generation(task.name, mcfg.name, gen_hash)
         before = CallStats(**self.calls.stats.to_dict())
         done = self.store.keys("completion")
@@ -142,7 +146,7 @@ class Run:
             active = [(i, s) for i, s in todo if t < len(i.turns) and meta[(i.id, s)]["err"] is None]
             if not active:
                 break
-            reqs = [self._gen_request(task, spec, i, s, answers[(i.id, s)], t) for i, s in active]
+            reqs = [self._gen_request(task, spec, i, s, answers[(i.id, s)], t, mcfg) for i, s in active]
 
             def on_result(j: int, res, active=active, t=t) -> None:
                 # stored as each answer arrives: a crash loses only the calls in flight
@@ -176,7 +180,11 @@ class Run:
         them through the call layer on this loop; its records are stored when it returns."""
         backend = self._backend(mcfg)
         gen = task.model_generation(mcfg.generation, f"models[{mcfg.name}].generation")
-        gen_hash = stable_hash({"task": task.settings(), "generation": gen, "model_id": backend.model_id})
+        system = mcfg.system_key(self.cfg.generic_system)
+        ident = {"task": task.settings(), "generation": gen, "model_id": backend.model_id}
+        if system is not None:
+            ident["system"] = system
+        gen_hash = stable_hash(ident)
         self.store.set_current_generation(task.name, mcfg.name, gen_hash)
         done = self.store.keys("completion")
         todo = [i for i in instances if Completion(task.name, i.id, mcfg.name, [], 0, instance_key=i.key,
@@ -189,14 +197,15 @@ class Run:
                 return asyncio.run_coroutine_threadsafe(self.calls.run(backend, reqs), loop).result()
 
             recs = await asyncio.to_thread(task.evaluate_model, submit, backend, mcfg.name, todo, gen_hash,
-                                           self.cfg.seed, gen)
+                                           self.cfg.seed, gen, system)
             self.store.put_many(recs)
         delta = _delta(self.calls.stats, before)
         self.summary["generation"][f"{task.name}/{mcfg.name}"] = {
             "todo": len(todo), "failed_completions": 0, "skipped_done": len(instances) - len(todo), **delta.to_dict()}
         return delta
 
-    def _gen_request(self, task, spec, inst: Instance, s: int, prev: list[str], t: int) -> GenRequest:
+    def _gen_request(self, task, spec, inst: Instance, s: int, prev: list[str], t: int,
+                     mcfg: ModelConfig | None = None) -> GenRequest:
         extra = task.sampling_for(inst) if hasattr(task, "sampling_for") else {}
         kw = dict(max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p,
                   repetition_penalty=spec.repetition_penalty, stop=spec.stop, sample_index=s,
@@ -204,7 +213,8 @@ class Run:
         kw.update(extra)
         if not spec.chat:
             return GenRequest(prompt=inst.turns[0], **kw)
-        msgs = [{"role": "system", "content": inst.system}] if inst.system else []
+        system = mcfg.system_message(inst.system, self.cfg.generic_system) if mcfg else inst.system
+        msgs = [{"role": "system", "content": system}] if system else []
         for j in range(t):
             msgs += [{"role": "user", "content": inst.turns[j]}, {"role": "assistant", "content": prev[j]}]
         msgs.append({"role": "user", "content": inst.turns[t]})

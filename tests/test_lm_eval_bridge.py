@@ -307,3 +307,23 @@ def test_server_without_echo_logprobs_is_refused_not_scored(tiny_model_dir, yaml
         with pytest.raises(Exception, match="requests failed.*(echo|logprob|score)"):
             _run(raw, tmp_path / "run")
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_system_variants_reach_lm_eval_tasks(tiny_model_dir, yaml_tasks, tmp_path):
+    raw = _config(tiny_model_dir, yaml_tasks, ["local_gen"], apply_chat_template=True)
+    raw["generic_system"] = "You are a generic assistant."
+    raw["models"][0]["system_variants"] = ["none", "generic"]
+    out = tmp_path / "run"
+    res = _run(raw, out)["results"]["lm_eval.local_gen"]
+    assert set(res) == {"m0", "m0@sys=none", "m0@sys=generic"}
+    from harness.store import RunStore
+
+    store = RunStore(out)
+    try:
+        args = {}
+        for c in store.iter("completion"):
+            args.setdefault(c.model, []).append(json.dumps(c.metadata["arguments"]))
+    finally:
+        store.close()
+    assert all("generic assistant" in a for a in args["m0@sys=generic"])
+    assert not any("generic assistant" in a for a in args["m0"] + args["m0@sys=none"])

@@ -207,8 +207,11 @@ class LMEvalTask(Task):
         return out
 
     def evaluate_model(self, submit, backend, model: str, instances: list[Instance], gen_hash: str,
-                       seed: int | None, generation: dict | None = None) -> list:
-        """Run lm-eval over ``instances`` for one model; returns Completion and Score records."""
+                       seed: int | None, generation: dict | None = None, system: dict | None = None) -> list:
+        """Run lm-eval over ``instances`` for one model; returns Completion and Score records.
+
+        ``system``: a model's system-message variant ({mode: none|generic|text, text}), which
+        replaces the task's own ``system`` option for this model."""
         import lm_eval
 
         from tasks.lm_eval.model import HarnessLM
@@ -216,12 +219,15 @@ class LMEvalTask(Task):
         lm = HarnessLM(submit, **bridge_settings(backend), seed=seed, name=model)
         t = self.build_lm_task()
         by_doc = {int(i.id): i for i in instances}
-        if self.opts.system is not None and not isinstance(self.opts.system, str):
+        instruction = self.opts.system if isinstance(self.opts.system, str) else None
+        if system is not None:
+            instruction = system["text"]  # None for the no-system-message variant
+        elif isinstance(self.opts.system, dict):
             _route_system_messages(t, {json.dumps(i.metadata["doc"], sort_keys=True): i.system
                                        for i in instances})
         res = lm_eval.simple_evaluate(
             model=lm, tasks=[t], samples={t.task_name: sorted(by_doc)}, log_samples=True,
-            system_instruction=self.opts.system if isinstance(self.opts.system, str) else None,
+            system_instruction=instruction,
             apply_chat_template=self.opts.apply_chat_template, fewshot_as_multiturn=self._multiturn(),
             gen_kwargs={**self.opts.gen_kwargs, **(generation or {})} or None, bootstrap_iters=0,
             fewshot_random_seed=self.opts.fewshot_seed)
