@@ -226,30 +226,21 @@ class Run:
                           completion_tokens=m["ct"], latency_s=m["lat"], backend=backend.name,
                           gen_config_hash=gen_hash, status="error" if m["err"] else "ok", error=m["err"])
 
-    # -- score (classifiers, e.g. toxicity): one number per completion
+    # -- score (classifiers, e.g. toxicity): one number per completion, through harness.scorers
     async def score(self, tcfg: TaskConfig, chunk: int = 256) -> dict:
         task = self.task(tcfg)
         name = task.options.get("scorer", getattr(task, "default_scorer", None))
         if not name:
             return {}
-        from harness.records import Score
-        from harness.backends.toxicity import ascore_completions, make_scorer, summarize_scores
+        from harness.scorers import make_scorer, score_step, summarize_scores
 
         opts = dict(task.options.get("scorer_options", {}))
         if name == "perspective":
             opts.setdefault("layer", self.calls)
-        scorer = make_scorer(name, **opts)
-        done = self.store.keys("score")
-        todo = [c for c in self.completions(tcfg) if
-                Score(task.name, c.instance_id, c.model, scorer.name, scorer.version, None, completion_key=c.key,
-                      criterion=scorer.primary, sample_index=c.sample_index).key not in done]
-        new = []
-        for i in range(0, len(todo), chunk):  # stored chunk by chunk: a crash loses one chunk
-            recs = await ascore_completions(scorer, todo[i:i + chunk])
-            self.store.put_many(recs)
-            new += recs
-        summary = {"scorer": scorer.name, "version": scorer.version, "todo": len(todo),
-                   **summarize_scores(new)}
+        scorer = make_scorer(f"classifier:{name}", **opts)
+        instances = {i.id: i for i in self.instances(tcfg)}
+        _, new = await score_step(self.store, scorer, self.completions(tcfg), instances, chunk)
+        summary = {"scorer": scorer.name, "version": scorer.version, "todo": len(new), **summarize_scores(new)}
         self.summary.setdefault("scoring", {})[task.name] = summary
         return summary
 

@@ -1,5 +1,8 @@
 """Name -> object registries for tasks, judges and backends.
 
+Tasks, judges, scorers, backends and reports: the engine (``harness/``) reaches concrete
+modules only through these names.
+
 Entries may be registered eagerly with a decorator or lazily as "module:attr"
 strings, so that heavy optional dependencies are imported only when used.
 """
@@ -55,13 +58,19 @@ class Registry:
 
 
 def _resolve(target: str) -> Any:
+    """"module:attr", or "module" for a module of functions (a report)."""
     module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    mod = importlib.import_module(module)
+    return getattr(mod, attr) if attr else mod
 
 
 TASKS = Registry("task")
 JUDGES = Registry("judge")
 BACKENDS = Registry("backend")
+# everything that turns a completion into a number (harness.scorers): factory(argument, **options)
+SCORERS = Registry("scorer")
+# report modules the engine hands records to, by name, without importing them
+REPORTS = Registry("report")
 
 # Built-in entries, imported lazily.
 BACKENDS.register("hf", "harness.backends.hf:HFBackend")
@@ -82,3 +91,11 @@ BACKENDS.register("scripted", "harness.fake:ScriptedBackend")
 JUDGES.register("weighted_alpaca_eval_gpt4_turbo", "judges.alpaca_eval_judge:WeightedAlpacaEvalJudge")
 JUDGES.register("arena_hard_v0.1", "judges.arena_hard_judge:ArenaHardJudge")
 JUDGES.register("multifaceted_rubric", "judges.rubric_judge:RubricJudge")
+
+SCORERS.register("classifier", "harness.scorers:classifier_scorer")  # classifier:NAME, a probability
+SCORERS.register("toxicity", "harness.scorers:toxicity_penalty_scorer")  # toxicity:NAME, minus it
+SCORERS.register("reward_model", "harness.scorers:reward_model_scorer")  # reward_model:PATH_OR_HUB_ID
+SCORERS.register("judge", "harness.scorers:judge_scorer")  # judge[:KIND], the run config's judge model
+
+# the best-of-n analysis of a rerank's pool: analyze(table, ns, meta), write_analysis(result, dir, stem)
+REPORTS.register("best_of_n", "reports.bestofn")

@@ -196,6 +196,11 @@ def judge_answer(req: GenRequest) -> str:
 
 class WriterBackend(ScriptedBackend):
     name = "rerank-writer"
+    seen: list[GenRequest] = []  # every request sent, for the tests to read
+
+    async def generate(self, requests):
+        WriterBackend.seen.extend(requests)
+        return await super().generate(requests)
 
     def __init__(self, model="writer", **kw):
         super().__init__(model, answer=writer_answer, **kw)
@@ -238,7 +243,8 @@ def bench_run(tmp_path, data_dir):
 def test_best_of_n_models_are_written_judged_and_ranked(bench_run, seq_cls_rm):
     from harness.calls import CallLayer
     from harness.pipeline import run_all
-    from harness.rerank import JANUS_SAMPLING, make_scorer, rerank
+    from harness.rerank import JANUS_SAMPLING, rerank
+    from harness.scorers import make_scorer
     from harness.backends.rm_batching import score_one_at_a_time
     from harness.store import RunStore
     from harness.backends.reward_model import load_reward_model
@@ -246,7 +252,8 @@ def test_best_of_n_models_are_written_judged_and_ranked(bench_run, seq_cls_rm):
     cfg, run_dir = bench_run
     scorer = make_scorer(str(seq_cls_rm), max_tokens=400)
     calls = CallLayer(run_dir / "cache.sqlite")
-    oracle = make_scorer("judge", run_dir, "multifaceted_bench", calls)
+    oracle = make_scorer("judge", run_dir=run_dir, task="multifaceted_bench", calls=calls)
+    WriterBackend.seen = []
     res = asyncio.run(rerank(run_dir, scorer, [1, 2, 4], model="m1", oracle=oracle, calls=calls))
     assert res.n_candidates == 12 and res.scored_now == 12 and calls.stats.sent > 0
     names = [f"m1@bo{n}[seqcls-rm]" for n in (1, 2, 4)]
@@ -257,7 +264,11 @@ def test_best_of_n_models_are_written_judged_and_ranked(bench_run, seq_cls_rm):
     cands = [c for c in pool.all("completion") if c.model == "m1"]
     assert len(cands) == 12 and sorted({c.sample_index for c in cands}) == [0, 1, 2, 3]
     # JANUS sampling, with the run config's generation settings for the model on top
-    assert all(c.metadata["sampling"] == {**JANUS_SAMPLING, "max_tokens": 64} for c in cands)
+    # sample 0 of each instance is the run's own answer (same sampling settings): from the cache
+    assert len(WriterBackend.seen) == 9
+    assert all((r.temperature, r.top_p, r.repetition_penalty, r.max_tokens) ==
+               (JANUS_SAMPLING["temperature"], JANUS_SAMPLING["top_p"], JANUS_SAMPLING["repetition_penalty"], 64)
+               for r in WriterBackend.seen)
     assert all(c.model != "m1" or c.sample_index == 0 for c in store.all("completion"))
     # recompute every reward independently and check each pick
     insts = {i.id: i for i in store.all("instance")}
@@ -300,7 +311,8 @@ def test_best_of_n_models_are_written_judged_and_ranked(bench_run, seq_cls_rm):
 
 def test_pool_grows_and_rescoring_with_another_scorer_does_not_regenerate(bench_run, seq_cls_rm, value_head_rm):
     from harness.calls import CallLayer
-    from harness.rerank import make_scorer, rerank
+    from harness.rerank import rerank
+    from harness.scorers import make_scorer
     from harness.store import RunStore
 
     cfg, run_dir = bench_run
@@ -343,7 +355,8 @@ def _candidates_file(path: Path, data_dir) -> Path:
 
 
 def test_kill_during_scoring_then_rerun_scores_only_unscored_candidates(tmp_path, data_dir, value_head_rm):
-    from harness.rerank import make_scorer, rerank
+    from harness.rerank import rerank
+    from harness.scorers import make_scorer
     from harness.store import RunStore
 
     cand_file = _candidates_file(tmp_path / "cands.jsonl", data_dir)
@@ -411,25 +424,127 @@ def test_cli_and_clear_errors(tmp_path, data_dir, seq_cls_rm, capsys):
     assert rc == 2 and "--reward-model" in capsys.readouterr().err
 
 
-def test_multi_turn_instances_are_refused_before_sampling(tmp_path, seq_cls_rm):
+def _mt_run(tmp_path, turns, generation=None, category=""):
+    """A run directory holding one instance and a config whose model is the writer."""
     import yaml
 
-    from harness.rerank import RerankError, make_scorer, rerank
     from harness.store import RunStore
 
     BACKENDS.register("rerank-writer", WriterBackend)
     run_dir = tmp_path / "run"
     store = RunStore(run_dir)
-    inst = Instance(task="mt_bench", id="81", turns=["Write a blog post.", "Now rewrite it."])
+    inst = Instance(task="mt_bench", id="81", turns=turns, system="The user likes short answers.",
+                    category=category)
     store.put(inst)
     store.set_current_instances("mt_bench", [inst.key])
     store.close()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(
-        {"name": "mt", "models": [{"name": "m1", "backend": "rerank-writer", "model": "writer"}],
-         "tasks": ["mt_bench"]}))
-    with pytest.raises(RerankError, match="single-turn"):
-        asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [2], model="m1"))
-    assert not RunStore(run_dir / "candidates").all("completion")
+    model = {"name": "m1", "backend": "rerank-writer", "model": "writer", "generation": generation or {}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": "mt", "models": [model], "tasks": ["mt_bench"]}))
+    return run_dir, inst
+
+
+def test_multi_turn_candidates_are_scored_on_the_whole_conversation(tmp_path, seq_cls_rm):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from harness.rerank import rerank
+    from harness.scorers import make_scorer
+    from harness.store import RunStore
+
+    run_dir, inst = _mt_run(tmp_path, ["Write a blog post.", "Now rewrite it."], category="math")
+    WriterBackend.seen = []
+    res = asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [1, 2], model="m1", analysis=False))
+    assert res.n_candidates == 2 and res.scored_now == 2
+    # every turn sampled: MT-Bench's greedy category temperature (math) does not reach a pool
+    assert len(WriterBackend.seen) == 4 and all(r.temperature == 1.0 for r in WriterBackend.seen)
+    pool = RunStore(run_dir / "candidates")
+    cands = sorted(pool.all("completion"), key=lambda c: c.sample_index)
+    assert all(len(c.texts) == 2 for c in cands)
+    # the reward model reads system, both questions and both answers in its chat template
+    tok = AutoTokenizer.from_pretrained(seq_cls_rm)
+    model = AutoModelForSequenceClassification.from_pretrained(seq_cls_rm).eval()
+    stored = {s.completion_key: s.value for s in pool.all("score")}
+    for c in cands:
+        msgs = [{"role": "system", "content": inst.system}, {"role": "user", "content": inst.turns[0]},
+                {"role": "assistant", "content": c.texts[0]}, {"role": "user", "content": inst.turns[1]},
+                {"role": "assistant", "content": c.texts[1]}]
+        ids = tok.apply_chat_template(msgs, tokenize=True)
+        ids = torch.tensor([list(ids["input_ids"] if hasattr(ids, "keys") else ids)])
+        with torch.no_grad():
+            truth = float(model(input_ids=ids).logits[0, 0])
+        assert stored[c.key] == pytest.approx(truth, abs=1e-4)
+    pool.close()
+    best = RunStore(run_dir).all("completion", model="m1@bo2[seqcls-rm]")
+    assert len(best) == 1 and best[0].texts == max(cands, key=lambda c: (stored[c.key], -c.sample_index)).texts
+
+
+def test_pool_is_samples_only_never_the_greedy_answer(tmp_path, seq_cls_rm):
+    """A model evaluated greedily: its run answer is not a candidate, and @bo1 is one sample."""
+    from harness.config import load_config
+    from harness.pipeline import run_all
+    from harness.rerank import JANUS_SAMPLING, RerankError, rerank
+    from harness.scorers import make_scorer
+    from harness.store import RunStore
+
+    run_dir, _ = _mt_run(tmp_path, ["Write a haiku."], generation={"temperature": 0.0, "max_tokens": 32})
+    cfg = load_config(run_dir / "config.yaml")
+    asyncio.run(run_all(cfg, run_dir, steps=("generate",)))
+    greedy = RunStore(run_dir).all("completion", model="m1")
+    assert len(greedy) == 1
+    WriterBackend.seen = []
+    asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [1], model="m1", analysis=False))
+    assert [(r.temperature, r.top_p, r.max_tokens) for r in WriterBackend.seen] == \
+        [(JANUS_SAMPLING["temperature"], JANUS_SAMPLING["top_p"], 32)]
+    pick = RunStore(run_dir).all("completion", model="m1@bo1[seqcls-rm]")[0].metadata["rerank"]
+    pool_keys = {c.key for c in RunStore(run_dir / "candidates").all("completion")}
+    assert pick["selected_key"] in pool_keys and pick["selected_key"] != greedy[0].key
+    with pytest.raises(RerankError, match="--temperature: 0.0 is greedy"):
+        asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [2], model="m1", sampling={"temperature": 0.0}))
+
+
+def test_reward_model_by_hub_id_from_the_cache_and_a_clear_error_offline(tmp_path, seq_cls_rm, monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    from harness.rerank import RerankError, rerank_scorer
+    from harness.scorers import make_scorer
+
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--test-org--tiny-rm"
+    shutil.copytree(seq_cls_rm, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    scorer = make_scorer("test-org/tiny-rm")
+    local = make_scorer(str(seq_cls_rm))
+    assert scorer.name == "tiny-rm" and scorer.version == local.version
+    with pytest.raises(RerankError, match="--reward-model: reward model 'test-org/absent-rm': not in the "
+                                          "Hugging Face cache and could not be downloaded"):
+        rerank_scorer("test-org/absent-rm")
+    with pytest.raises(RerankError, match="is not a model directory or a hub id"):
+        rerank_scorer(str(tmp_path / "nope"))
+
+
+def test_curve_is_what_the_bo_models_mean(bench_run, seq_cls_rm):
+    """The curve's n=1 point is the mean reward over the pool's samples (what one sample, @bo1, draws) and
+    its n=N point is the best of the pool (what @boN picks)."""
+    from harness.rerank import rerank
+    from harness.scorers import make_scorer
+    from harness.store import RunStore
+
+    _, run_dir = bench_run
+    res = asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [1, 4], model="m1"))
+    curve = {row["n"]: row for row in res.analysis["curve"]}
+    rewards = {s.completion_key: s.value for s in RunStore(run_dir / "candidates").all("score")}
+    cands = RunStore(run_dir / "candidates").all("completion")
+    per_prompt = {}
+    for c in cands:
+        per_prompt.setdefault(c.instance_id, []).append(rewards[c.key])
+    assert curve[1]["reward_mean"] == pytest.approx(sum(sum(v) / len(v) for v in per_prompt.values()) / 3)
+    bo4 = RunStore(run_dir).all("completion", model="m1@bo4[seqcls-rm]")
+    assert curve[4]["reward_mean"] == pytest.approx(sum(c.metadata["rerank"]["reward"] for c in bo4) / 3)
 
 
 def test_selection_ties_keep_the_lower_sample_index():

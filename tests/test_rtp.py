@@ -217,7 +217,7 @@ TOXIC = ["You are a stupid idiot.", "I will kill you, you worthless piece of gar
 
 
 def test_profanity_check_scorer_ranks_toxic_above_polite():
-    from harness.backends.toxicity import make_scorer
+    from harness.backends.toxicity_classifiers import make_toxicity_classifier as make_scorer
 
     scorer = make_scorer("profanity_check")
     tox = [r["toxicity"] for r in scorer.score(TOXIC)]
@@ -228,10 +228,10 @@ def test_profanity_check_scorer_ranks_toxic_above_polite():
 
 @pytest.fixture(scope="module")
 def tcc_scorer():
-    from harness.backends.toxicity import ToxicCommentClassifierScorer
+    from harness.backends.toxicity_classifiers import ToxicCommentClassifier
 
     try:
-        return ToxicCommentClassifierScorer()  # installed package, cache, or a pinned PyPI download
+        return ToxicCommentClassifier()  # installed package, cache, or a pinned PyPI download
     except ValueError as e:
         pytest.skip(f"toxic-comment-classifier weights unavailable: {e}")
 
@@ -246,7 +246,7 @@ def test_toxic_comment_classifier_scorer(tcc_scorer):
 def test_tokenizer_unpickler_refuses_other_classes():
     import pickle
 
-    from harness.backends.toxicity import _KerasTokenizerUnpickler
+    from harness.backends.toxicity_classifiers import _KerasTokenizerUnpickler
 
     payload = pickle.dumps(print)  # builtins.print: not on the allow list
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
@@ -285,7 +285,7 @@ def test_detoxify_scorer_matches_detoxify_package(tiny_detoxify, tmp_path):
     import torch
     from detoxify import Detoxify
 
-    from harness.backends.toxicity import make_scorer
+    from harness.backends.toxicity_classifiers import make_toxicity_classifier as make_scorer
 
     path, hf_dir, ckpt = tiny_detoxify
     scorer = make_scorer("detoxify-original", checkpoint=path, hf_config_dir=hf_dir, batch_size=2)
@@ -378,16 +378,17 @@ def perspective_server():
 
 
 def test_perspective_client_limits_retries_and_nulls(perspective_server, monkeypatch, tmp_path):
-    from harness.backends.toxicity import PerspectiveScorer, score_completions, summarize_scores
+    from harness.backends.perspective import PerspectiveClassifier
+    from harness.scorers import ClassifierScorer, score_completions, summarize_scores
 
     monkeypatch.setenv("PERSPECTIVE_API_KEY", _FakePerspective.key)
-    scorer = PerspectiveScorer(base_url=perspective_server, rps=3, max_retries=2, backoff_base_s=0.05,
+    scorer = PerspectiveClassifier(base_url=perspective_server, rps=3, max_retries=2, backoff_base_s=0.05,
                                cache_path=tmp_path / "cache.sqlite", attributes=["TOXICITY", "INSULT"])
     texts = ["you idiot", "nice day", "FAIL here", "FLAKY one", "BAD text", "", "hello", "idiot again"]
     comps = [Completion(task="real_toxicity_prompts", instance_id=f"p{i}", model="m", texts=[t])
              for i, t in enumerate(texts)]
     start = time.monotonic()
-    scores = score_completions(scorer, comps)
+    scores = score_completions(ClassifierScorer(scorer), comps)
     # the limiter kept us under the server's limit: not a single 429
     assert 429 not in _FakePerspective.codes and 403 not in _FakePerspective.codes
     # a leaky bucket of 3/s: a burst of 3, then one every 1/3 s
@@ -416,7 +417,7 @@ def test_perspective_client_limits_retries_and_nulls(perspective_server, monkeyp
 
 
 def test_perspective_needs_a_key(monkeypatch):
-    from harness.backends.toxicity import PerspectiveBackend
+    from harness.backends.perspective import PerspectiveBackend
 
     monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
     with pytest.raises(ValueError, match="PERSPECTIVE_API_KEY"):
@@ -430,7 +431,8 @@ def test_end_to_end_tiny_model_generate_score_aggregate(data_dir, tiny_model_dir
     from harness.backends.base import GenRequest
     from harness.backends.hf import HFBackend
     from harness.calls import CallLayer
-    from harness.backends.toxicity import ascore_completions, make_scorer, score_completions
+    from harness.backends.toxicity_classifiers import make_toxicity_classifier
+    from harness.scorers import ClassifierScorer, score_completions
 
     task = RealToxicityPrompts({"limit": 3, "k": 4, "n_boot": 100, "generation": {"max_tokens": 8}},
                                data_dir=data_dir)
@@ -445,9 +447,8 @@ def test_end_to_end_tiny_model_generate_score_aggregate(data_dir, tiny_model_dir
     completions = [Completion(task=task.name, instance_id=i.id, model="tiny", texts=[results[n].text],
                               sample_index=n % spec.n_samples)
                    for n, i in enumerate(i for i in instances for _ in range(spec.n_samples))]
-    scorer = make_scorer("profanity_check")
+    scorer = ClassifierScorer(make_toxicity_classifier("profanity_check"))
     scores = score_completions(scorer, completions)
-    assert asyncio.run(ascore_completions(scorer, completions)) == scores  # the pipeline's async path
     assert all(s.value is not None and s.scorer_version.startswith("alt-profanity-check") for s in scores)
     res = task.aggregate(instances, completions, [], scores)["tiny"]
     assert res["n_prompts"] == 3 and res["n_scores"] == 12

@@ -13,15 +13,23 @@ Two checkpoint layouts load:
     normalised ``(r - mean) / std`` (JANUS scores best-of-n with ``normalize_reward=True``).
     Text: ``"[INST] {system}\\n{prompt} [/INST] " + response + " " + eos`` (JANUS ``run_inference.py``).
 
+A multi-turn answer is scored on the whole conversation in the model's format: the chat template over
+every turn and answer, or JANUS's Mistral form ``[INST] {system}\\n{q1} [/INST] a1</s>[INST] q2 [/INST] a2 </s>``
+(the JANUS chat template for the earlier turns, the reward text above for the last one).
+
+A reward model is a local directory or a hub id (``kaist-ai/janus-rm-7b``), downloaded into the
+Hugging Face cache when online; offline, a hub id not in that cache is a clear error (``resolve_reward_model``).
+
 ``trust_remote_code`` is off unless asked. Dropout is off (eval mode), scoring runs under no_grad.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable
 
-from harness.formats import CHAT, JANUS, PromptFormat
+from harness.formats import CHAT, JANUS, PromptFormat, chat_messages, janus_prompt
 
 SEQ_CLS = "sequence_classification"
 VALUE_HEAD = "value_head"
@@ -164,8 +172,15 @@ class RewardScorer:
         self.name, self.version = name, version
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def encode(self, system: str | None, prompt: str, response: str) -> list[int]:
-        return self.format.reward_ids(system, prompt, response, self.max_length)
+    def encode(self, system: str | None, prompt: str | list[str], response: str | list[str]) -> list[int]:
+        """Token ids of one answer (a prompt and a response) or of a conversation (turns and answers)."""
+        if isinstance(prompt, str):
+            return self.format.reward_ids(system, prompt, response, self.max_length)
+        if len(prompt) != len(response) or not prompt:
+            raise ValueError(f"reward model: {len(prompt)} turns for {len(response)} answers")
+        if len(prompt) == 1:
+            return self.format.reward_ids(system, prompt[0], response[0], self.max_length)
+        return conversation_reward_ids(self.format, system, prompt, response, self.max_length)
 
     def _batch(self, seqs: list[list[int]], left: bool):
         import torch
@@ -205,6 +220,51 @@ class RewardScorer:
 
     def score_one(self, system: str | None, prompt: str, response: str) -> float:
         return self.score([(system, prompt, response)])[0]
+
+
+def conversation_reward_ids(fmt: PromptFormat, system: str | None, turns: list[str], answers: list[str],
+                            max_length: int | None = None) -> list[int]:
+    """A multi-turn conversation as the reward model reads it; the reward is read at its last token."""
+    tok = fmt.tokenizer
+    if fmt.name == JANUS:
+        text = ""
+        for k, (turn, answer) in enumerate(zip(turns, answers)):
+            text += janus_prompt(system, turn) if k == 0 else f"[INST] {turn.strip()} [/INST]"
+            text += " " + answer + (tok.eos_token if k < len(turns) - 1 else " " + tok.eos_token)
+        ids = list(tok(text)["input_ids"])
+    else:
+        msgs = chat_messages(tok, system, turns[0]) + [{"role": "assistant", "content": answers[0]}]
+        for turn, answer in zip(turns[1:], answers[1:]):
+            msgs += [{"role": "user", "content": turn}, {"role": "assistant", "content": answer}]
+        enc = tok.apply_chat_template(msgs, tokenize=True)
+        ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    if max_length is not None and len(ids) > max_length:
+        ids = ids[:max_length]
+        ids[-1] = tok.eos_token_id  # as single answers: the reward is read at an end token
+    return ids
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: what a reward model needs from a hub repository
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"]
+
+
+def resolve_reward_model(spec: str | Path) -> Path:
+    """A local directory as is; a hub id (``org/name``) from the Hugging Face cache, downloaded when online."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if not HUB_ID.match(str(spec)):
+        raise ValueError(f"'{spec}' is not a model directory or a hub id (org/name), nor 'judge' or "
+                         "'toxicity[:NAME]'")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(spec), allow_patterns=HUB_FILES))
+    except Exception as e:  # offline (HF_HUB_OFFLINE, no network), unknown repo, gated repo
+        raise ValueError(f"reward model '{spec}': not in the Hugging Face cache and could not be downloaded "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); download it "
+                         f"where there is a network (`hf download {spec}`) or pass a local directory") from None
 
 
 def load_reward_model(path: str | Path, kind: str = "auto", prompt_format: str | None = None,
