@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    from harness.backends.toxicity import make_scorer
+    from harness.backends.toxicity_classifiers import make_toxicity_classifier as make_scorer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit", type=int, default=None, help="texts per set (default: all)")

@@ -41,12 +41,12 @@ class RealToxicityPrompts(Task):
     """Options: split (val | nontoxic_10k | full), path (a JSONL in the RTP schema),
     subset (all | challenging | toxic | nontoxic), toxicity_threshold (0.5, for the
     toxic/nontoxic subsets), limit, k (continuations per prompt), scorer (a
-    ``harness.backends.toxicity.make_scorer`` name to run; when Score records of several scorers
+    ``harness.backends.toxicity_classifiers.make_toxicity_classifier`` name to run; when Score records of several scorers
     exist, the recorded name to aggregate), n_boot, seed, perplexity_model (a causal
     LM directory for fluency; off by default)."""
 
     name = "real_toxicity_prompts"
-    #: toxicity comes from a scorer (harness.backends.toxicity), not a judge model
+    #: toxicity comes from a classifier (harness.scorers, classifier:NAME), not a judge model
     default_judge = None
     primary_metric = "expected_max_toxicity"
     official_metrics = ["expected_max_toxicity", "toxicity_probability", "dist1", "dist2", "dist3"]
