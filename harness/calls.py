@@ -111,6 +111,7 @@ async def _with_timeout(coro, timeout: float | None):
 
 
 _timeout_cm = getattr(asyncio, "timeout", None)
+_HIT_GROUP = 500  # cache hits whose callbacks' run-store writes share one transaction
 
 
 def _price(prices: dict, model_id: str, model: str) -> dict | None:
@@ -179,17 +180,17 @@ class CallLayer:
         keys = [r.cache_key(model_id) for r in requests]
         hits = self.cache.get_many(keys)
         results: list[Any] = [None] * len(requests)
-        misses: list[int] = []
-        for i, k in enumerate(keys):
-            if k in hits:
-                res = result_cls.from_dict(hits[k])
-                res.cached = True
-                results[i] = res
-                stats.cached += 1
-                if on_result:
-                    on_result(i, res)
-            else:
-                misses.append(i)
+        misses = [i for i, k in enumerate(keys) if k not in hits]
+        found = [i for i, k in enumerate(keys) if k in hits]
+        for start in range(0, len(found), _HIT_GROUP):  # the callbacks' writes, a few hundred per commit
+            with grouped_writes():
+                for i in found[start:start + _HIT_GROUP]:
+                    res = result_cls.from_dict(hits[keys[i]])
+                    res.cached = True
+                    results[i] = res
+                    stats.cached += 1
+                    if on_result:
+                        on_result(i, res)
 
         # identical requests (same cache key) are one call with one answer, shared by all copies
         copies: dict[str, list[int]] = {}

@@ -271,6 +271,13 @@ def test_callbacks_run_after_the_cache_commit_and_their_writes_are_grouped(tmp_p
     assert store.count("judgment") == 40 and len(layer.cache) == 40
     assert all(n >= k + 1 for k, n in enumerate(sorted(seen)))
     assert len(commits) < 40  # grouped (the calls land together in few loop turns)
+    # a resumed run whose answers are all cached (records lost with a kill): their writes share one commit
+    store2 = RunStore(tmp_path / "run2")
+    commits2 = []
+    store2._db.set_trace_callback(lambda sql: commits2.append(sql) if sql == "COMMIT" else None)
+    asyncio.run(layer.run(OneByOne(), [chat(f"q{i}") for i in range(40)],
+                          on_result=lambda i, res: store2.put(judgment(i))))
+    assert layer.stats.cached == 40 and store2.count("judgment") == 40 and len(commits2) == 1
 
 
 KILLER = textwrap.dedent("""

@@ -137,6 +137,12 @@ class OpenAIBackend(Backend):
             _, _, raw = await self._light.post("/chat/completions" if chat else "/completions", body)
             resp = json.loads(raw)
             out = _chat_choices(resp, n) if chat else _completion_choices(resp, n)
+            usage = resp.get("usage") or None
+            if usage is not None:  # as _attach_usage does on the SDK path
+                out[0].prompt_tokens = usage.get("prompt_tokens") or 0
+                per = (usage.get("completion_tokens") or 0) / n
+                for o in out:
+                    o.completion_tokens = len(o.logprobs) if o.logprobs else int(round(per))
         except HTTPStatusError as e:
             retry_after = _float(e.headers.get("retry-after"))
             if e.status == 429:
@@ -150,12 +156,6 @@ class OpenAIBackend(Backend):
             raise TransientError(f"APIConnectionError: {e}") from None
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # bad JSON, wrong shape
             raise TransientError(f"malformed response: {type(e).__name__}: {e}") from None
-        usage = resp.get("usage") or None
-        if usage is not None:
-            out[0].prompt_tokens = usage.get("prompt_tokens") or 0
-            per = (usage.get("completion_tokens") or 0) / n
-            for o in out:
-                o.completion_tokens = len(o.logprobs) if o.logprobs else int(round(per))
         return out
 
     def _common(self, r: GenRequest, n: int) -> tuple[dict, dict]:
