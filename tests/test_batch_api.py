@@ -206,3 +206,22 @@ def test_cli_no_wait_then_collect(tmp_path, data_dir, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     assert main(args) == 2
     assert "judge.backend: the Batch API needs an 'openai' judge" in capsys.readouterr().err
+
+
+def test_rerun_after_a_batch_answers_from_the_cache(tmp_path, data_dir):
+    """The batch transport fills the cache entries an online judge call would: a plain `harness run`
+    over the same directory afterwards sends nothing and stores the same judgments."""
+    app = build_batch_app(ScriptedBackend(), "judge")
+    with ServerThread(app) as srv:
+        raw = {"name": "b", "data_dir": str(data_dir),
+               "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
+               "judge": {"name": "j", "backend": "openai", "model": "judge", "base_url": srv.base_url,
+                         "api_key_env": "HARNESS_TEST_KEY"},
+               "tasks": [{"name": "mt_bench", "limit": 2}]}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        report = asyncio.run(batch_judge(load_config(tmp_path / "c.yaml"), tmp_path / "run", poll_interval_s=0))
+        assert report.received == 4 and report.missing == 0 and not report.pending
+        before = judgment_rows(tmp_path / "run")
+        out = asyncio.run(run_all(load_config(tmp_path / "c.yaml"), tmp_path / "run"))
+        assert app.state.counters["requests"] == 0 and len(app.state.batch.batches) == 1
+        assert judgment_rows(tmp_path / "run") == before and out["results"]["mt_bench"]["m1"]["n"] == 2
