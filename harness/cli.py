@@ -55,6 +55,18 @@ def cmd_run(args, steps=("build", "generate", "judge", "aggregate")) -> int:
     from harness.pipeline import all_failed, estimate, run_all
 
     cfg = _load_cfg(args)
+    if cfg.experiment is not None:
+        if not args.no_experiment and not args.dry_run and steps == ("build", "generate", "judge", "aggregate"):
+            from harness.experiment import run_experiment
+
+            passthrough = []
+            for name, flag in (("limit", "--limit"), ("data_dir", "--data-dir"), ("max_cost", "--max-cost")):
+                if getattr(args, name) is not None:
+                    passthrough += [flag, str(getattr(args, name))]
+            return run_experiment(args.config, _out_dir(args, cfg), main, passthrough)
+        from harness.config import check_model_paths
+
+        check_model_paths(cfg)  # the experiment's training outputs exist by now
     if args.max_cost is not None:
         cfg.calls["max_cost"] = args.max_cost
     if args.dry_run:
@@ -169,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="benchmark data directory (default: $HARNESS_DATA_DIR)")
         sp.add_argument("--max-cost", type=float, help="stop cleanly (resumable) once this many dollars are spent")
         sp.add_argument("--dry-run", action="store_true", help="print the number of calls and estimated cost only")
+        sp.add_argument("--no-experiment", action="store_true",
+                        help="evaluate only, without the config's experiment stages (training, best-of-n, report)")
         sp.set_defaults(fn=fn)
         return sp
 

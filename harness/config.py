@@ -92,11 +92,21 @@ class RunConfig:
     calls: dict = field(default_factory=dict)
     # the message of `system: generic` model variants (the JANUS ablation's generic system message)
     generic_system: str = "You are a helpful assistant."
+    # the study around the evaluation: bench/collection builds, training, best-of-n, report
+    # (harness/experiment.py); `harness run` runs it as one resumable graph
+    experiment: Any = None
     source: str = ""  # file it was read from
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        experiment = self.experiment
+        self.experiment = None  # written back as it was given (below), not as dataclasses
+        try:
+            d = dataclasses.asdict(self)
+        finally:
+            self.experiment = experiment
         d.pop("source")
+        if experiment is not None:
+            d["experiment"] = _experiment_dict(experiment)
         # the variants are written as their base's `system_variants`, so the dict parses back the same
         d["models"] = [m for m in d["models"] if m.get("variant_of") is None]
         return d
@@ -104,6 +114,11 @@ class RunConfig:
     def judge_for(self, t: TaskConfig) -> "JudgeConfig | None":
         """The judge model of a task: its own ``judge_model``, else the run's ``judge``."""
         return t.judge_model or self.judge
+
+
+def _experiment_dict(exp) -> dict:
+    d = dataclasses.asdict(exp)
+    return {k: v for k, v in d.items() if v}
 
 
 def _build(cls, d: Any, where: str, file: str):
@@ -136,7 +151,16 @@ def parse_config(raw: dict, file: str = "<config>") -> RunConfig:
         if isinstance(t, dict) and t.get("judge_model") is not None:
             t = {**t, "judge_model": _build(JudgeConfig, t["judge_model"], f"tasks[{i}].judge_model", file)}
         tasks.append(_build(TaskConfig, t, f"tasks[{i}]", file))
+    raw_experiment = raw.pop("experiment", None)
     cfg = _build(RunConfig, {**raw, "models": models, "judge": judge, "tasks": tasks, "source": file}, "top level", file)
+    if raw_experiment is not None:
+        from harness.experiment import check_against_run, parse_experiment
+
+        try:
+            cfg.experiment = parse_experiment(raw_experiment, file)
+            check_against_run(cfg.experiment, cfg, file)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     validate(cfg)
     return cfg
 
@@ -182,10 +206,13 @@ def validate(cfg: RunConfig) -> None:
 
     f = cfg.source or "<config>"
     _wrap(lambda: check_name(cfg.name, "name"), f)
+    # models an experiment's train stages produce are checked when those stages have run
+    pending = cfg.experiment.train_outputs() if cfg.experiment is not None else set()
     for i, m in enumerate(cfg.models):
         _wrap(lambda: check_name(m.name, f"models[{i}].name"), f)
         _check_name(BACKENDS, m.backend, f"{f}: models[{i}].backend")
-        _check_model_path(m, f"{f}: models[{i}].model")
+        if str(Path(os.path.expanduser(m.model)).resolve()) not in pending:
+            _check_model_path(m, f"{f}: models[{i}].model")
         _wrap(lambda: check_generation(m.generation, f"models[{i}].generation"), f)
         if not isinstance(m.options, dict):
             raise ConfigError(f"{f}: models[{i}].options: expected a mapping, got {type(m.options).__name__}")
@@ -217,6 +244,13 @@ def validate(cfg: RunConfig) -> None:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"{f}: models: duplicate model name(s) {sorted(dup)}")
+
+
+def check_model_paths(cfg: RunConfig) -> None:
+    """Every model path exists and is a complete checkpoint (what `validate` left to the experiment)."""
+    f = cfg.source or "<config>"
+    for i, m in enumerate(cfg.models):
+        _check_model_path(m, f"{f}: models[{i}].model")
 
 
 def _wrap(check, file: str) -> None:
