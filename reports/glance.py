@@ -122,7 +122,8 @@ def _cell(task: str, c: dict | None) -> str:
     else:
         ci = f' <span class="pm"><span>+{esc(g["plus"])}</span><span>\u2212{esc(g["minus"])}</span></span>'
     cls = ' class="off"' if g["official"] else ""
-    return f'<td{cls} data-v="{esc(v)}" title="{esc(g["title"])}">{esc(g["text"])}{ci}</td>'
+    # data-task: the per-sample viewer's script makes the cell open that benchmark's samples of the row's model
+    return f'<td{cls} data-v="{esc(v)}" title="{esc(g["title"])}" data-task="{esc(task)}">{esc(g["text"])}{ci}</td>'
 
 
 def glance_table(board: dict) -> str:
@@ -178,6 +179,6 @@ def section(board: dict) -> str:
     how = ("Headline: each benchmark's primary metric with its 95% CI (the task's own interval, or ±1.96 "
            "standard errors, or the harness's percentile bootstrap over the per-sample scores"
            + (f", B={b['B']}, seed {b['seed']}" if b else "") + "); hover a cell for its exact interval, n "
-           "and label; click a header to sort.")
+           "and label; click a header to sort, a cell for its samples.")
     return (f"{banner(board)}{glance_table(board)}<p class=\"muted\">{esc(how)}</p>{notes}"
             f"<h3>Details per benchmark</h3>{detail_tables(board)}")

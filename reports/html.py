@@ -1,7 +1,8 @@
-"""A static, self-contained report.html: leaderboard, significance, plots, per-sample drill-down.
+"""A static, self-contained report.html: leaderboard, significance, plots, per-sample viewer.
 
 Safety: every string that comes from a model, a judge, a prompt or a file name is passed
-through ``html.escape`` before it reaches the page, so ``<script>`` in a response is shown as
+through ``html.escape`` before it reaches the page, or travels as JSON in a data block that the
+viewer shows with ``textContent`` (reports/viewer.py), so ``<script>`` in a response is shown as
 text. Defence in depth: a Content-Security-Policy allows no network resources at all and
 only the one inline script below (by its sha256), so even a missed escape could not run code
 or load anything. Plots are embedded as base64 PNG; the page works offline.
@@ -15,23 +16,13 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from reports import glance
+from reports import glance, viewer
 from reports.significance import fmt_num, fmt_p
 
-# Shows the selected instance of each benchmark's drill-down and hides the others; sorts the
-# leaderboard (glance.SORT_SCRIPT). One script, allowed by the CSP through its sha256.
-SCRIPT = glance.SORT_SCRIPT + """
-function showInstance(sel) {
-  var panels = document.querySelectorAll('.inst[data-task="' + sel.getAttribute('data-task') + '"]');
-  for (var i = 0; i < panels.length; i++) {
-    panels[i].hidden = panels[i].getAttribute('data-idx') !== sel.value;
-  }
-}
-var selects = document.querySelectorAll('select.drill');
-for (var i = 0; i < selects.length; i++) {
-  selects[i].addEventListener('change', function (ev) { showInstance(ev.target); });
-  showInstance(selects[i]);
-}
+# The leaderboard's sorting (glance.SORT_SCRIPT) and the per-sample viewer (viewer.SCRIPT) as one
+# inline script, allowed by the CSP through its sha256; the viewer's rows are a JSON data block,
+# which is never run and so needs no allowance.
+SCRIPT = glance.SORT_SCRIPT + viewer.SCRIPT + """
 document.body.setAttribute('data-report-ready', '1');
 """
 
@@ -43,11 +34,9 @@ th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}tr.sig td{background:#eef7ee}
 .official{color:#b35900;font-weight:600}.muted{color:#777;font-size:12px}
 img.plot{max-width:min(100%,900px);border:1px solid #eee;margin:6px 0}
-.grid{display:flex;gap:10px;overflow-x:auto}
-.card{flex:0 0 340px;border:1px solid #ccc;border-radius:4px;padding:8px;background:#fafafa}
 pre{white-space:pre-wrap;word-wrap:break-word;font-size:12px;margin:4px 0;background:#fff;border:1px solid #eee;padding:6px}
 .scroll{overflow-x:auto}
-""" + glance.STYLE
+""" + glance.STYLE + viewer.STYLE
 
 
 def esc(x) -> str:
@@ -86,77 +75,6 @@ def significance_tables(result: dict) -> str:
     return "".join(parts)
 
 
-def _turns(row: dict) -> list[str]:
-    for key in ("prompt", "turns"):
-        v = row.get(key)
-        if v:
-            return [str(x) for x in v] if isinstance(v, list) else [str(v)]
-    return []
-
-
-def _response(row: dict) -> list[str]:
-    v = row.get("response")
-    if v is None:
-        return []
-    return [str(x) for x in v] if isinstance(v, list) else [str(v)]
-
-
-def _judgments_html(js) -> str:
-    if not js:
-        return ""
-    items = []
-    for j in js:
-        feedback = j.get("feedback", j.get("raw"))
-        items.append(f"<li><b>{esc(j.get('criterion'))}</b>: {esc(j.get('value'))}"
-                     + (f"<pre>{esc(feedback)}</pre>" if feedback else "") + "</li>")
-    return f"<details><summary>judge feedback ({len(js)})</summary><ul>{''.join(items)}</ul></details>"
-
-
-def drill_down(samples_by_task: dict[str, list[dict]], max_instances: int = 200) -> str:
-    """Per benchmark: a selector over instances; per instance the prompt, system message,
-    reference and every model's response side by side with its score and judge feedback."""
-    parts = []
-    for t_idx, (task, rows) in enumerate(samples_by_task.items()):
-        by_inst: dict[str, list[dict]] = defaultdict(list)
-        for r in rows:
-            by_inst[str(r["instance_id"])].append(r)
-        ids = sorted(by_inst)[:max_instances]
-        if not ids:
-            continue
-        options = "".join(f'<option value="{i}">{esc(iid)}</option>' for i, iid in enumerate(ids))
-        note = (f'<span class="muted"> (first {max_instances} of {len(by_inst)} instances)</span>'
-                if len(by_inst) > max_instances else "")
-        panels = []
-        for i, iid in enumerate(ids):
-            rs = sorted(by_inst[iid], key=lambda r: (r["model"], r.get("sample_index", 0)))
-            first = rs[0]
-            head = []
-            if first.get("system"):
-                head.append(f"<b>system message</b><pre>{esc(first['system'])}</pre>")
-            for k, turn in enumerate(_turns(first), 1):
-                head.append(f"<b>user turn {k}</b><pre>{esc(turn)}</pre>")
-            ref = first.get("reference")
-            if ref:
-                ref = "\n\n".join(str(x) for x in ref) if isinstance(ref, list) else ref
-                head.append(f"<details><summary>reference answer</summary><pre>{esc(ref)}</pre></details>")
-            meta = ", ".join(f"{k}: {first[k]}" for k in ("source", "category") if first.get(k))
-            cards = []
-            for r in rs:
-                dims = r.get("dims") or {}
-                dims_html = ("<div class=\"muted\">" + esc(", ".join(f"{k}={v}" for k, v in dims.items())) + "</div>"
-                             if dims else "")
-                label = r["model"] + (f" (sample {r['sample_index']})" if r.get("sample_index") else "")
-                resp = "".join(f"<pre>{esc(x)}</pre>" for x in _response(r))
-                cards.append(f'<div class="card"><b>{esc(label)}</b> — score: <b>{esc(r.get("score"))}</b>'
-                             f"{dims_html}{resp}{_judgments_html(r.get('judgments'))}</div>")
-            panels.append(f'<div class="inst" data-task="{t_idx}" data-idx="{i}"'
-                          f'{" hidden" if i else ""}><p class="muted">{esc(meta)}</p>{"".join(head)}'
-                          f'<div class="grid">{"".join(cards)}</div></div>')
-        parts.append(f"<h3>{esc(task)}</h3><label>instance: <select class=\"drill\" data-task=\"{t_idx}\">"
-                     f"{options}</select></label>{note}{''.join(panels)}")
-    return "".join(parts)
-
-
 def render(board: dict, significance: dict, plots: dict[str, Path], samples_by_task: dict[str, list[dict]],
            title: str = "Evaluation report", extra_sections: dict[str, str] | None = None,
            max_instances: int = 200) -> str:
@@ -166,7 +84,8 @@ def render(board: dict, significance: dict, plots: dict[str, Path], samples_by_t
            f"script-src 'sha256-{script_hash}'; base-uri 'none'; form-action 'none'")
     plot_html = "".join(f"<h3>{esc(name)}</h3>{_img(p)}" for name, p in plots.items())
     runs = ", ".join(r.get("name", r["path"]) for r in board.get("runs", []))
-    extra = "".join(f"<h2>{esc(k)}</h2>{v}" for k, v in (extra_sections or {}).items())
+    extra = "".join(f'<section id="extra{i}"><h2>{esc(k)}</h2>{v}</section>'
+                    for i, (k, v) in enumerate((extra_sections or {}).items()))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(csp)}">
@@ -175,11 +94,11 @@ def render(board: dict, significance: dict, plots: dict[str, Path], samples_by_t
 <body>
 <h1>{esc(title)}</h1>
 <p class="muted">runs: {esc(runs)}</p>
-<h2>Leaderboard</h2>{glance.section(board)}
-<h2>Significance</h2>{significance_tables(significance)}
+<section id="leaderboard"><h2>Leaderboard</h2>{glance.section(board)}</section>
+<section id="significance"><h2>Significance</h2>{significance_tables(significance)}</section>
 {extra}
-<h2>Plots</h2>{plot_html or '<p class="muted">no plots</p>'}
-<h2>Per-sample drill-down</h2>{drill_down(samples_by_task, max_instances)}
+<section id="plots"><h2>Plots</h2>{plot_html or '<p class="muted">no plots</p>'}</section>
+<section id="samples"><h2>Per-sample viewer</h2>{viewer.section(samples_by_task, max_instances)}</section>
 <script>{SCRIPT}</script>
 </body></html>
 """

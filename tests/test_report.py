@@ -161,7 +161,8 @@ def test_html_escapes_model_text(report):
     path, _ = report
     page = path.read_text()
     assert XSS not in page and "<img src=x" not in page and "<b>bold?</b>" not in page
-    assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    # the per-sample viewer's JSON data block (shown with textContent; tests/test_report_browser.py)
+    assert r'\u003cscript\u003ealert(\"pwned\")\u003c/script\u003e\u003cimg src=x onerror=alert(1)\u003e' in page
     assert page.count("<script>") == 1  # only the report's own script
     assert "http://" not in page and "https://" not in page  # no network resources
 
