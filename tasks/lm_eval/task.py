@@ -227,6 +227,7 @@ class LMEvalTask(Task):
                                        for i in instances})
         res = lm_eval.simple_evaluate(
             model=lm, tasks=[t], samples={t.task_name: sorted(by_doc)}, log_samples=True,
+            task_manager=self.task_manager(),  # else lm-eval indexes all of its task files again
             system_instruction=instruction,
             apply_chat_template=self.opts.apply_chat_template, fewshot_as_multiturn=self._multiturn(),
             gen_kwargs={**self.opts.gen_kwargs, **(generation or {})} or None, bootstrap_iters=0,
