@@ -10,8 +10,20 @@ import os
 import shutil
 from pathlib import Path
 
-DATASETS = ["mt_bench", "alpaca_eval_2", "arena_hard_v0.1", "flask", "koala", "self_instruct",
-            "realtoxicityprompts", "oracles"]
+#: folders no task declares: the official outputs the oracle tests compare against
+EXTRA_DATASETS = ["oracles"]
+
+
+def data_folders() -> list[str]:
+    """The data folders: every registered task's ``data_sources`` declaration, then the extras."""
+    from harness.registry import TASKS
+
+    names: list[str] = []
+    for task in TASKS.names():
+        for folder in getattr(TASKS.get(task), "data_sources", ()):
+            if folder not in names:
+                names.append(folder)
+    return names + [x for x in EXTRA_DATASETS if x not in names]
 
 
 def data_dir(override: str | Path | None = None) -> Path:
@@ -58,7 +70,7 @@ def pull(source: str | Path, dest: str | Path | None = None, datasets: list[str]
     if not src.exists():
         raise FileNotFoundError(f"{src}: mirror directory not found")
     pulled = []
-    for name in datasets or DATASETS:
+    for name in datasets or data_folders():
         s = src / name
         if not s.exists():
             continue

@@ -15,6 +15,7 @@ explained once in a note.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -32,6 +33,7 @@ from reports import alpaca_eval_metrics as M
 from tasks import alpaca_eval_lc as LC
 from tasks.alpaca_eval_lc import read_df_gamed, read_difficulty, read_weights  # noqa: F401 (the task's API)
 from tasks.base import GenerationSpec, Task
+from tasks.options import CommonOptions, parse_options
 
 BASELINE = "gpt4_1106_preview"
 LEADERBOARD_COLUMNS = ["win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total",
@@ -148,12 +150,23 @@ def format_table(df: pd.DataFrame, fmt: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the task
+@dataclasses.dataclass
+class AlpacaEvalOptions(CommonOptions):
+    instruction_difficulty: str | None = None  # LC inputs (see alpaca_eval_lc)
+    df_gamed: str | None = None
+
+
 class AlpacaEval(Task):
     name = "alpaca_eval"
+    data_sources = ("alpaca_eval_2",)  # folders under the data dir (`harness data pull`)
     default_judge = "weighted_alpaca_eval_gpt4_turbo"
     primary_metric = "win_rate"
     # LC joins per model only when official (``LC.official_lc``): see ``aggregate``
     official_metrics = RAW_OFFICIAL
+
+    def __init__(self, options: dict | None = None, data_dir=None):
+        super().__init__(options, data_dir)
+        self.opts = parse_options(AlpacaEvalOptions, self.options, self.name)  # unknown keys refused, types checked
 
     def folder(self) -> Path:
         return resolve_data_dir(self.data_dir) / "alpaca_eval_2"

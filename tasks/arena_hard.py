@@ -11,6 +11,7 @@ filesystem ``glob`` order and its CIs depend on the row order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from harness.records import Completion, Instance, Judgment, Score
 from harness.store import write_jsonl
 from reports import arena_hard_metrics as AH
 from tasks.base import GenerationSpec, Task
+from tasks.options import CommonOptions, parse_options
 
 BASELINE = "gpt-4-0314"
 OFFICIAL_LABEL = "official-compatible (v0.1: row bootstrap, 100 rounds, RandomState(42))"
@@ -158,11 +160,23 @@ def format_table(table: pd.DataFrame, fmt: str, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass
+class ArenaHardOptions(CommonOptions):
+    baseline: str = BASELINE
+    rounds: int = 100  # bootstrap rounds of the score CI
+    clustered_rounds: int = 1000
+
+
 class ArenaHard(Task):
     name = "arena_hard"
+    data_sources = ("arena_hard_v0.1",)  # folders under the data dir (`harness data pull`)
     default_judge = "arena_hard_v0.1"
     primary_metric = "score"
     official_metrics = ["score", "score_lower", "score_upper"]
+
+    def __init__(self, options: dict | None = None, data_dir=None):
+        super().__init__(options, data_dir)
+        self.opts = parse_options(ArenaHardOptions, self.options, self.name)  # unknown keys refused, types checked
 
     def folder(self) -> Path:
         return resolve_data_dir(self.data_dir) / "arena_hard_v0.1"

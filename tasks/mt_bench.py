@@ -7,6 +7,7 @@ rows of both turns (it is not the mean of the two turn means when rows were drop
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ from harness.records import Instance
 from harness.store import write_jsonl
 from judges.mt_bench_judge import NEED_REF_CATS
 from tasks.base import GenerationSpec, Task
+from tasks.options import CommonOptions, parse_options
 
 # FastChat gen_model_answer.py temperature per category
 CATEGORY_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
@@ -51,12 +53,26 @@ def summarize_single(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("average", ascending=False)
 
 
+@dataclasses.dataclass
+class MTBenchOptions(CommonOptions):
+    path: str | None = None  # the MT-Bench folder (default <data>/mt_bench)
+    questions: str | None = None
+    reference_answers: str | None = None
+    judge_prompts: str | None = None
+    category_temperature: bool = True  # FastChat's per-category temperatures
+
+
 class MTBench(Task):
     name = "mt_bench"
+    data_sources = ("mt_bench",)  # folders under the data dir (`harness data pull`)
     default_judge = "mt_bench_single"
     primary_metric = "score"
     # FastChat show_result numbers; the CI is the harness's own
     official_metrics = ["score", "turn1", "turn2"]
+
+    def __init__(self, options: dict | None = None, data_dir=None):
+        super().__init__(options, data_dir)
+        self.opts = parse_options(MTBenchOptions, self.options, self.name)  # unknown keys refused, types checked
 
     def _dir(self) -> Path:
         return Path(self.options.get("path") or Path(self.data_dir) / "mt_bench")

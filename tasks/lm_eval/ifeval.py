@@ -18,6 +18,7 @@ INPUT_FILE = Path("ifeval") / "input_data.jsonl"
 
 class IFEval(LMEvalTask):
     name = "ifeval"
+    data_sources = ("ifeval",)  # folders under the data dir (`harness data pull`)
     lm_eval_task = "ifeval"
     builtin_folder = "ifeval"
     primary_metric = "prompt_level_strict_acc"

@@ -10,6 +10,7 @@ name: every other model also gets its pairwise win/tie/loss and tie+win rate aga
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 from statistics import fmean
 
@@ -20,15 +21,34 @@ from reports.multifaceted_metrics import pairwise, rows_from_judgments, rubric_m
 from tasks.base import GenerationSpec, Task
 from tasks.multifaceted.prompts import SAMPLING_PARAMS
 from tasks.multifaceted.release import HUB_NAME, load_instances
+from tasks.multifaceted.sources import SOURCES
+from tasks.options import CommonOptions, parse_options
+
+
+@dataclasses.dataclass
+class MultifacetedOptions(CommonOptions):
+    path: str | None = None  # a local bench file (JSON/JSONL)
+    hub: str | None = None
+    split: str = "test"
+    n_rubrics: int = 4
+    limit: int | None = None
+    n_boot: int = 1000
+    seed: int = 0
+    baseline: str | None = None
 
 
 class MultifacetedBench(Task):
     name = "multifaceted_bench"
+    data_sources = SOURCES  # the synthesis sources (`harness data pull`)
     default_judge = "multifaceted_rubric"
     primary_metric = "score"
     # JANUS's evaluation: mean over rubrics and judge runs (given a text-grading judge)
     official_metrics = ["score"]
     build_name = "multifaceted"  # `harness bench build multifaceted --config FILE`
+
+    def __init__(self, options: dict | None = None, data_dir=None):
+        super().__init__(options, data_dir)
+        self.opts = parse_options(MultifacetedOptions, self.options, self.name)  # unknown keys refused, types checked
 
     @classmethod
     def build(cls, config: str, out: str | None = None, limit: int | None = None):
