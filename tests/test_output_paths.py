@@ -135,12 +135,18 @@ def test_export_refuses_names_that_leave_the_output_folder(tmp_path, field, bad,
 
 # ----------------------------------------------------------------------------- harness rerank --label
 class _LengthScorer:
-    name, version = "length", "1"
+    """A scorer of the ``harness.scorers`` protocol: the answer's length."""
 
-    async def score(self, cands, on_batch):
-        values = [float(len(c.completion.text)) for c in cands]
-        on_batch(list(range(len(cands))), values)
-        return values
+    name, version, primary = "length", "1", "length"
+
+    async def score(self, completions, instances=None, on_scores=None):
+        from harness.scorers import score_record
+
+        out = [score_record(self, c, float(len(c.text)), None, (instances or {}).get(c.instance_id))
+               for c in completions]
+        if on_scores:
+            on_scores(out)
+        return out
 
 
 def _candidates(path: Path) -> Path:
