@@ -318,10 +318,20 @@ def test_pool_grows_and_rescoring_with_another_scorer_does_not_regenerate(bench_
     cfg, run_dir = bench_run
     calls = CallLayer(run_dir / "cache.sqlite")
     asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [1, 2], model="m1", calls=calls, analysis=False))
-    sent = calls.stats.sent
-    # n_max 2 -> 4: the first two samples are kept, only samples 2 and 3 are asked for
-    res = asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [4], model="m1", calls=calls, analysis=False))
-    assert res.scored_now == 6 and calls.stats.sent - sent >= 1
+    sent, requests = calls.stats.sent, calls.stats.requests
+    pool = RunStore(run_dir / "candidates")
+    first = {c.key for c in pool.all("completion")}
+    pool.close()
+    bo1 = [c.to_dict() for c in RunStore(run_dir).all("completion", model="m1@bo1[seqcls-rm]")]
+    # n_max 2 -> 4: the first two samples are kept (same records), only samples 2 and 3 are asked for;
+    # the @bo1 and @bo2 models of the smaller pool stay as they were
+    res = asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [1, 2, 4], model="m1", calls=calls,
+                             analysis=False))
+    assert res.scored_now == 6 and calls.stats.sent - sent >= 1 and calls.stats.requests - requests == 6
+    pool = RunStore(run_dir / "candidates")
+    assert first < {c.key for c in pool.all("completion")} and len(pool.all("completion")) == 12
+    pool.close()
+    assert [c.to_dict() for c in RunStore(run_dir).all("completion", model="m1@bo1[seqcls-rm]")] == bo1
     requests_before = calls.stats.requests
     # another reward model (JANUS-RM layout) rescoring the stored pool: no generation request at all
     res = asyncio.run(rerank(run_dir, make_scorer(str(value_head_rm)), [1, 4], model="m1", calls=calls))

@@ -73,8 +73,17 @@ def pool_sampling(raw_config: dict, task: str, model: str, flags: dict | None = 
     return out
 
 
+class PoolSpec(GenerationSpec):
+    """The generate step's spec for a pool. Its identity (the generation hash in every candidate's key)
+    leaves n out: a larger pool extends a smaller one with the same settings, keeping its records,
+    their scores and the ``@bo<n>`` models made from them."""
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "n_samples"}
+
+
 def pool_spec(sampling: dict, n_max: int) -> GenerationSpec:
-    return GenerationSpec(max_tokens=int(sampling["max_tokens"]), temperature=float(sampling["temperature"]),
+    return PoolSpec(max_tokens=int(sampling["max_tokens"]), temperature=float(sampling["temperature"]),
                           top_p=float(sampling["top_p"]), repetition_penalty=sampling.get("repetition_penalty"),
                           n_samples=n_max, chat=True)
 
