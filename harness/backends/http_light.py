@@ -23,7 +23,8 @@ class HTTPStatusError(Exception):
 
 
 class _Conn(asyncio.Protocol):
-    """One connection; ``request`` writes a request and waits for its whole response."""
+    """One connection; ``LightHTTP._exchange`` writes a request on it and awaits ``waiter``, which
+    is resolved once the whole response is in ``buf`` (or the connection breaks)."""
 
     def __init__(self):
         self.transport = None
