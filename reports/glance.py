@@ -162,8 +162,8 @@ def detail_tables(board: dict) -> str:
             f'<th{HARNESS_TITLE if c == views.HARNESS_MEAN else ""}>{_breakable(c)}</th>' for c in d["columns"]) + "</tr>"
         body = []
         for r in d["rows"]:
-            cells = "".join(f'<td>{esc(v)}{f"<div class=muted>{esc(ci)}</div>" if ci else ""}</td>'
-                            for v, ci in r["cells"])
+            cells = "".join(f'<td data-task="{esc(task)}">{esc(v)}'  # data-task: opens the row's samples
+                            f'{f"<div class=muted>{esc(ci)}</div>" if ci else ""}</td>' for v, ci in r["cells"])
             body.append(f"<tr><td>{esc(r['model'])}</td>{cells}</tr>")
         notes = "".join(f'<li>{esc(n)}</li>' for n in d["notes"])
         graded = f'<p class="muted">{esc("; ".join(d["labels"]))}</p>'

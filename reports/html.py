@@ -70,7 +70,8 @@ def significance_tables(result: dict) -> str:
                         fmt_p(r["p_mcnemar"]), fmt_num(r["cohens_dz"]), fmt_num(r["rank_biserial"]),
                         fmt_num(r["mdd"]), "yes" if r["significant"] else "no"]
             cls = ' class="sig"' if r.get("significant") else ""
-            lines.append(f"<tr{cls}>" + "".join(f"<td>{esc(v)}</td>" for v in vals) + "</tr>")
+            # data-task: a cell opens the per-sample viewer on the row's model (reports/viewer.py)
+            lines.append(f"<tr{cls}>" + "".join(f'<td data-task="{esc(task)}">{esc(v)}</td>' for v in vals) + "</tr>")
         parts.append(f"<h3>{esc(task)}</h3><div class=\"scroll\"><table>{''.join(lines)}</table></div>")
     return "".join(parts)
 

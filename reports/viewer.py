@@ -178,8 +178,8 @@ STYLE = """
 table.sv-rows{width:100%;table-layout:fixed;font-size:12px}
 table.sv-rows td{overflow-wrap:anywhere}
 table.sv-rows tr.sel td{background:#eef3fb}
-table.glance td.sv-link{cursor:pointer}
-table.glance td.sv-link:hover,table.glance td.sv-link:focus{background:#eef3fb;outline:1px solid #7a9cd6}
+td.sv-link{cursor:pointer}
+td.sv-link:hover,td.sv-link:focus{background:#eef3fb;outline:1px solid #7a9cd6}
 #sv-compare{border:1px solid #ccc;border-radius:4px;padding:8px 12px;margin:10px 0;background:#fafafa}
 .sv-pick{display:flex;gap:16px;margin:6px 0;font-size:13px}
 .sv-pick select{max-width:420px}
@@ -349,15 +349,16 @@ SCRIPT = r"""
   var taskIdx = {}, modelIdx = {};
   data.tasks.forEach(function (t, ti) { taskIdx[t.name] = ti; });
   data.models.forEach(function (m, mi) { modelIdx[m] = mi; });
-  var cells = document.querySelectorAll('table.glance td[data-task]');
+  var cells = document.querySelectorAll('td[data-task]');  // the model: the row's first cell
   for (var c = 0; c < cells.length; c++) {
     (function (cell) {
-      var ti = taskIdx[cell.getAttribute('data-task')], mi = modelIdx[cell.parentNode.cells[0].getAttribute('data-v')];
+      var first = cell.parentNode.cells[0], name = first.getAttribute('data-v');
+      var ti = taskIdx[cell.getAttribute('data-task')], mi = modelIdx[name === null ? first.textContent : name];
       if (ti === undefined || mi === undefined || !count[ti + '/' + mi]) { return; }
       cell.classList.add('sv-link');
       cell.tabIndex = 0;
       cell.setAttribute('role', 'link');
-      cell.title = cell.title + ' — click for its samples';
+      cell.title = (cell.title ? cell.title + ' — ' : '') + 'click for its samples';
       cell.addEventListener('click', function () { show(String(ti), String(mi)); });
       cell.addEventListener('keydown', function (ev) {
         if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); show(String(ti), String(mi)); }

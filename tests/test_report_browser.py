@@ -195,6 +195,15 @@ def test_a_leaderboard_cell_opens_its_samples(page):
     seen = page.eval("[window.scrollY, document.getElementById('sv-body').getBoundingClientRect().top, "
                      "window.innerHeight]")
     assert seen[0] > 0 and 0 <= seen[1] < seen[2], seen  # scrolled to the rows
+    # a cell of a detail table or of a significance table: the samples of its row's model
+    for table, model, task in (("table.detail", "gamma", "multifaceted_bench"), ("table:not([class])", "beta", "mt_bench")):
+        cells = f"{table} td.sv-link[data-task={task}]"
+        index = page.eval(f"Array.prototype.map.call(document.querySelectorAll({json.dumps(cells)}), "
+                          f"function (c) {{ return c.parentNode.cells[0].textContent; }}).indexOf({json.dumps(model)})")
+        assert index >= 0, (table, model)
+        page.click(cells, index)
+        assert {(r["task"], r["model"]) for r in visible_rows(page)} == {(task, model)}
+        assert len(visible_rows(page)) == N
     assert page.errors() == []
 
 
