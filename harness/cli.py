@@ -82,6 +82,11 @@ def cmd_run(args, steps=("build", "generate", "judge", "aggregate")) -> int:
         print(f"harness: stopped: {e}", file=sys.stderr)
         return 3
     _print_summary(out, result, aggregated="aggregate" in steps)
+    if result.get("summary", {}).get("stages"):
+        from harness.stage_times import format_table
+
+        print("where the time went:")
+        print(format_table(result["summary"]["stages"]))
     failed = all_failed(result.get("summary", {}))
     for line in failed:
         print(f"harness: error: {line}", file=sys.stderr)

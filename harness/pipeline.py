@@ -28,6 +28,7 @@ from harness.lock import RunLock
 from harness.provenance import graded_by
 from harness.records import Completion, Instance, Judgment, stable_hash
 from harness.registry import BACKENDS, JUDGES, TASKS
+from harness.stage_times import is_local, stage
 from harness.store import RunStore, atomic_write_text, remove_stale_temp_files, write_jsonl
 
 log = logging.getLogger("harness")
@@ -91,7 +92,7 @@ class Run:
         remove_stale_temp_files(self.dir)  # a killed run's half-written outputs (the caller holds the lock)
         self.calls = CallLayer(self.dir / "cache.sqlite", CallSettings.from_dict(cfg.calls))
         self.data_dir = default_data_dir(cfg.data_dir)
-        self.summary: dict = {"generation": {}, "judging": {}}
+        self.summary: dict = {"generation": {}, "judging": {}, "stages": []}
         self._servers: list = []
         self._backends: dict[int, object] = {}  # per model config: one load per run, not per task
         atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -440,31 +441,46 @@ async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None =
     its part as ``instances``) and ``batch`` compose this; nothing else loops over steps.
     """
     cfg = run.cfg
+    stages = run.summary.setdefault("stages", [])
+
+    def local(m):  # read after the step: the backend is made inside it
+        return lambda: is_local(run._backends.get(id(m)), m)
+
     for tcfg in cfg.tasks:
         if "build" in steps:
-            current = run.build(tcfg, instances[tcfg.name] if instances else None)
+            with stage(stages, run.calls, "build", tcfg.name):
+                current = run.build(tcfg, instances[tcfg.name] if instances else None)
         else:
             current = run.instances(tcfg)
         if "generate" in steps:
             for m in cfg.models:
                 if models and m.name not in models:
                     continue
-                st = await run.generate(tcfg, m, current)
+                with stage(stages, run.calls, "generate", tcfg.name, m.name, local(m)):
+                    st = await run.generate(tcfg, m, current)
                 log.info("generate %s/%s: %d requests, %d from cache, %d failed",
                          tcfg.name, m.name, st.requests, st.cached, st.failed)
     if "generate" in steps or "score" in steps:
         for tcfg in cfg.tasks:
-            await run.score(tcfg)
+            with stage(stages, run.calls, "score", tcfg.name):
+                scored = await run.score(tcfg)
+            if not scored:  # no classifier scores this task: no row
+                stages.pop()
     if "judge" in steps:
         for tcfg in cfg.tasks:
             jcfg = cfg.judge_for(tcfg)
             if jcfg is None:
                 continue
-            st = await run.judge(tcfg, jcfg, models)
+            with stage(stages, run.calls, "judge", tcfg.name, jcfg.name, local(jcfg)):
+                st = await run.judge(tcfg, jcfg, models)
             log.info("judge %s: %d requests, %d from cache, %d failed", tcfg.name, st.requests, st.cached,
                      st.failed)
     if "aggregate" in steps:
-        return run.aggregate(cfg.tasks)
+        with stage(stages, run.calls, "aggregate"):
+            out = run.aggregate(cfg.tasks)
+        # written again so that results.json holds the aggregate stage's own row too
+        atomic_write_text(run.dir / "results.json", json.dumps(out, indent=2, default=str))
+        return out
     return {"summary": run.summary, "calls": run.calls.stats.to_dict()}
 
 

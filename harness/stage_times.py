@@ -1,0 +1,54 @@
+"""Where a run's time went: one row per stage (build, generate per task x model, score, judge
+per task, aggregate) with wall time, calls, cache hits, tokens and, for local engines, tokens/s.
+
+``Run.summary["stages"]`` holds the rows (so ``results.json`` has them under
+``summary.stages``); ``harness run`` prints them with :func:`format_table`.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+FIELDS = ("stage", "task", "model", "wall_s", "requests", "cached", "sent", "failed",
+          "prompt_tokens", "completion_tokens", "local", "tokens_per_s", "prompt_tokens_per_s")
+
+
+def is_local(backend, mcfg=None) -> bool:
+    """A model this machine computes: an in-process engine, or a `harness serve` the run started."""
+    return bool(getattr(backend, "local", False) or (mcfg is not None and getattr(mcfg, "serve", None)))
+
+
+@contextlib.contextmanager
+def stage(rows: list, calls, name: str, task: str | None = None, model: str | None = None, local=False):
+    """Times the block and appends its row; the call counts are the call layer's stats delta.
+
+    ``local`` may be a callable, read when the block ends (the backend exists only then)."""
+    before = calls.stats.to_dict()
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        wall = time.perf_counter() - t0
+        now = calls.stats.to_dict()
+        d = {k: now[k] - before[k] for k in ("requests", "cached", "sent", "failed",
+                                              "prompt_tokens", "completion_tokens")}
+        loc = bool(local() if callable(local) else local)
+        row = {"stage": name, "task": task, "model": model, "wall_s": round(wall, 6), **d, "local": loc,
+               # tokens computed here per second of the stage's wall time; cache hits compute nothing
+               "tokens_per_s": round(d["completion_tokens"] / wall, 1) if loc and wall > 0 else None,
+               "prompt_tokens_per_s": round(d["prompt_tokens"] / wall, 1) if loc and wall > 0 else None}
+        rows.append(row)
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'stage':10s} {'task':24s} {'model':22s} {'wall s':>8s} {'calls':>7s} {'cached':>7s} " \
+           f"{'prompt tok':>10s} {'compl tok':>9s} {'tok/s':>8s}"
+    lines = [head]
+    for r in rows:
+        tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") is not None else "-"
+        lines.append(f"{r['stage']:10s} {(r.get('task') or '-')[:24]:24s} {(r.get('model') or '-')[:22]:22s} "
+                     f"{r['wall_s']:8.2f} {r['requests']:7d} {r['cached']:7d} {r['prompt_tokens']:10d} "
+                     f"{r['completion_tokens']:9d} {tps:>8s}")
+    total = sum(r["wall_s"] for r in rows)
+    lines.append(f"{'total':10s} {'':24s} {'':22s} {total:8.2f}")
+    return "\n".join(lines)
