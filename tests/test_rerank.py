@@ -434,7 +434,7 @@ def test_cli_and_clear_errors(tmp_path, data_dir, seq_cls_rm, capsys):
     assert rc == 2 and "--reward-model" in capsys.readouterr().err
 
 
-def _mt_run(tmp_path, turns, generation=None, category=""):
+def _mt_run(tmp_path, turns, generation=None, category="", **model_fields):
     """A run directory holding one instance and a config whose model is the writer."""
     import yaml
 
@@ -448,7 +448,8 @@ def _mt_run(tmp_path, turns, generation=None, category=""):
     store.put(inst)
     store.set_current_instances("mt_bench", [inst.key])
     store.close()
-    model = {"name": "m1", "backend": "rerank-writer", "model": "writer", "generation": generation or {}}
+    model = {"name": "m1", "backend": "rerank-writer", "model": "writer", "generation": generation or {},
+             **model_fields}
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": "mt", "models": [model], "tasks": ["mt_bench"]}))
     return run_dir, inst
 
@@ -510,6 +511,19 @@ def test_pool_is_samples_only_never_the_greedy_answer(tmp_path, seq_cls_rm):
     assert pick["selected_key"] in pool_keys and pick["selected_key"] != greedy[0].key
     with pytest.raises(RerankError, match="--temperature: 0.0 is greedy"):
         asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [2], model="m1", sampling={"temperature": 0.0}))
+
+
+def test_pool_of_a_system_message_variant_is_sampled_as_that_variant(tmp_path, seq_cls_rm):
+    from harness.rerank import rerank
+    from harness.scorers import make_scorer
+
+    run_dir, _ = _mt_run(tmp_path, ["Write a haiku."], generation={"max_tokens": 16}, system_variants=["none"])
+    WriterBackend.seen = []
+    res = asyncio.run(rerank(run_dir, make_scorer(str(seq_cls_rm)), [2], model="m1@sys=none", analysis=False))
+    assert res.virtual_models == {"m1@sys=none@bo2[seqcls-rm]": 1}
+    # the variant's setting (no system message) and its base's generation settings reach the pool
+    assert len(WriterBackend.seen) == 2
+    assert all(r.max_tokens == 16 and [m["role"] for m in r.messages] == ["user"] for r in WriterBackend.seen)
 
 
 def test_reward_model_by_hub_id_from_the_cache_and_a_clear_error_offline(tmp_path, seq_cls_rm, monkeypatch):

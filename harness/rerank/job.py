@@ -73,10 +73,11 @@ def _pool_model_config(run_dir: Path, model: str, backend):
     from harness.config import ModelConfig, RunConfig, load_config
 
     path = run_dir / "config.yaml"
-    if path.exists() and any(isinstance(m, dict) and m.get("name") == model
-                             for m in _raw_config(run_dir).get("models") or []):
-        cfg = load_config(path)
-        return cfg, next(m for m in cfg.models if m.name == model)
+    if path.exists():
+        cfg = load_config(path)  # its models include the system-message variants (<name>@sys=...)
+        mcfg = next((m for m in cfg.models if m.name == model), None)
+        if mcfg is not None:
+            return cfg, mcfg
     if backend is None:
         return None, None
     mcfg = ModelConfig(name=model, backend=backend.name, model=getattr(backend, "model", "") or "")
@@ -125,7 +126,9 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
             instances = {i.id: i for i in target.current_instances(task)}
             cfg, mcfg = _pool_model_config(run_dir, model, backend)
             if mcfg is not None:
-                spec = pool_spec(pool_sampling(_raw_config(run_dir), task, model, sampling), n_max)
+                tcfg = next((t for t in cfg.tasks if t.name == task), None)
+                task_gen = (tcfg.options.get("generation") or {}) if tcfg else {}
+                spec = pool_spec(pool_sampling(task_gen, mcfg.generation, sampling), n_max)
                 gen_hash = await sample_pool(pool_store, calls, cfg, mcfg, task, list(instances.values()), spec,
                                              backend)
                 samples = collect_pool(pool_store, task, model, instances, gen_hash)

@@ -47,22 +47,16 @@ class Pool:
                 if n is None or s < n]
 
 
-def pool_sampling(raw_config: dict, task: str, model: str, flags: dict | None = None) -> dict:
-    """The pool's sampling settings: JANUS's, then the run config's (task options, then the model's
-    ``generation``; a greedy temperature there is left out), then the command's flags."""
+def pool_sampling(task_generation: dict, model_generation: dict, flags: dict | None = None) -> dict:
+    """The pool's sampling settings: JANUS's, then the run config's (the task's ``options.generation``,
+    then the model's ``generation``; a greedy temperature there is left out), then the command's flags."""
     out = dict(JANUS_SAMPLING)
-    from_config: dict = {}
-    for t in raw_config.get("tasks") or []:
-        if isinstance(t, dict) and t.get("name") == task:
-            from_config.update((t.get("options") or {}).get("generation") or {})
-    for m in raw_config.get("models") or []:
-        if isinstance(m, dict) and m.get("name") == model:
-            from_config.update(m.get("generation") or {})
+    from_config = {**(task_generation or {}), **(model_generation or {})}
     for k, v in from_config.items():
         if k not in JANUS_SAMPLING:
             continue
         if k == "temperature" and (v is None or float(v) <= 0):
-            log.info("pool of %s: the config's greedy temperature is not used for candidates", model)
+            log.info("pool: the config's greedy temperature is not used for candidates (samples only)")
             continue
         out[k] = v
     for k, v in (flags or {}).items():
