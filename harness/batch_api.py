@@ -2,12 +2,14 @@
 
 A transport behind the call layer (``BatchTransport``): the pipeline's judge step runs as it
 always does, and its cache misses go out as one batch instead of one request each. They are
-written as JSONL with the call layer's cache key as ``custom_id``, uploaded (``files.create(purpose="batch")``) and submitted
-(``batches.create``, endpoint ``/v1/chat/completions``, window ``24h``). When a batch
-ends, its output file is read and every answer is put into the call cache under its
-``custom_id`` (the entry an online call would write), and the judge step parses and stores
-them; a rerun, online or batched, answers from the cache. A batch that expired, was cancelled or failed some requests is followed by a
-new one holding only the requests still missing from the cache.
+written as JSONL with the call layer's cache key as ``custom_id``, uploaded
+(``files.create(purpose="batch")``) and submitted (``batches.create``, endpoint
+``/v1/chat/completions``, window ``24h``). When a batch ends, its output file is read and every
+answer is put into the call cache under its ``custom_id`` (the entry an online call would
+write), and the judge step parses and stores them; a rerun, online or batched, answers from the
+cache. A batch that expired, was cancelled or failed some requests is followed by a new one
+holding only the requests still missing from the cache. A parse failure's re-ask is a request
+like any other: it goes out in the next batch.
 
 What has been submitted (batch ids, file ids) is kept in a small JSON file next to the
 cache, written before and after every remote step, so a process killed while
