@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=20)
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--max-instances", type=int, default=200, help="instances per benchmark in the viewer")
     ap.add_argument("--report", type=Path, help="measure this report.html instead of building one")
     args = ap.parse_args()
     if args.report:
@@ -68,7 +69,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp), args.models, args.instances)
         t0 = time.perf_counter()
-        path = make_report([run], Path(tmp) / "out", baseline="model-00", B=args.bootstrap)
+        path = make_report([run], Path(tmp) / "out", baseline="model-00", B=args.bootstrap,
+                           max_instances=args.max_instances)
         print(f"make_report: {args.models} models x {len(TASKS)} benchmarks x {args.instances} instances, "
               f"B={args.bootstrap}: "
               f"{time.perf_counter() - t0:.1f} s")

@@ -174,18 +174,20 @@ def test_viewer_filters_by_benchmark_model_source_and_score(page):
     assert page.errors() == []
 
 
+def _cell_of(page, cells: str, model: str) -> int:
+    """The index among ``cells`` of the one whose row is ``model``'s."""
+    index = page.eval(f"Array.prototype.map.call(document.querySelectorAll({json.dumps(cells)}), function (c) {{"
+                      f" var f = c.parentNode.cells[0]; return f.getAttribute('data-v') || f.textContent; }})"
+                      f".indexOf({json.dumps(model)})")
+    assert index >= 0, (cells, model)
+    return index
+
+
 def test_a_leaderboard_cell_opens_its_samples(page):
-    heads = page.eval("Array.prototype.map.call(document.querySelectorAll('table.glance thead th button'), "
-                      "function (b) { return b.textContent; })")
-    col = heads.index("mt_bench")
-    row = page.eval("Array.prototype.map.call(document.querySelectorAll('table.glance tbody tr'), "
-                    "function (r) { return r.cells[0].getAttribute('data-v'); }).indexOf('beta')")
-    cell = f"table.glance tbody tr:nth-child(1) td[data-task=mt_bench]"
-    index = page.eval(f"Array.prototype.indexOf.call(document.querySelectorAll({json.dumps(cell)}), "
-                      f"document.querySelectorAll('table.glance tbody tr')[{row}].cells[{col}])")
-    assert index >= 0
-    assert page.eval(f"document.querySelectorAll({json.dumps(cell)})[{index}].classList.contains('sv-link')")
-    page.click(cell, index)
+    cells = "table.glance td[data-task=mt_bench]"
+    index = _cell_of(page, cells, "beta")
+    assert page.eval(f"document.querySelectorAll({json.dumps(cells)})[{index}].classList.contains('sv-link')")
+    page.click(cells, index)
     rows = visible_rows(page)
     assert [(r["task"], r["id"], r["model"]) for r in rows] == [("mt_bench", str(81 + i), "beta") for i in range(N)]
     assert [r["score"] for r in rows] == [_mt_score(i, 1) for i in range(N)]
@@ -196,12 +198,10 @@ def test_a_leaderboard_cell_opens_its_samples(page):
                      "window.innerHeight]")
     assert seen[0] > 0 and 0 <= seen[1] < seen[2], seen  # scrolled to the rows
     # a cell of a detail table or of a significance table: the samples of its row's model
-    for table, model, task in (("table.detail", "gamma", "multifaceted_bench"), ("table:not([class])", "beta", "mt_bench")):
+    for table, model, task in (("table.detail", "gamma", "multifaceted_bench"),
+                               ("table:not([class])", "beta", "mt_bench")):
         cells = f"{table} td.sv-link[data-task={task}]"
-        index = page.eval(f"Array.prototype.map.call(document.querySelectorAll({json.dumps(cells)}), "
-                          f"function (c) {{ return c.parentNode.cells[0].textContent; }}).indexOf({json.dumps(model)})")
-        assert index >= 0, (table, model)
-        page.click(cells, index)
+        page.click(cells, _cell_of(page, cells, model))
         assert {(r["task"], r["model"]) for r in visible_rows(page)} == {(task, model)}
         assert len(visible_rows(page)) == N
     assert page.errors() == []
