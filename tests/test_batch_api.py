@@ -225,3 +225,19 @@ def test_rerun_after_a_batch_answers_from_the_cache(tmp_path, data_dir):
         out = asyncio.run(run_all(load_config(tmp_path / "c.yaml"), tmp_path / "run"))
         assert app.state.counters["requests"] == 0 and len(app.state.batch.batches) == 1
         assert judgment_rows(tmp_path / "run") == before and out["results"]["mt_bench"]["m1"]["n"] == 2
+
+
+def test_a_task_with_its_own_judge_model_is_batched_with_that_model(tmp_path, data_dir):
+    app = build_batch_app(ScriptedBackend(), "judge")
+    with ServerThread(app) as srv:
+        raw = {"name": "b", "data_dir": str(data_dir),
+               "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
+               "tasks": [{"name": "mt_bench", "limit": 2,
+                          "judge_model": {"name": "gpt4-judge", "backend": "openai", "model": "judge",
+                                          "base_url": srv.base_url, "api_key_env": "HARNESS_TEST_KEY"}}]}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        report = asyncio.run(batch_judge(load_config(tmp_path / "c.yaml"), tmp_path / "run", poll_interval_s=0))
+        assert report.received == 4 and report.missing == 0 and app.state.counters["requests"] == 0
+        assert (tmp_path / "run" / "batch_state.gpt4-judge.json").exists()
+    rows = judgment_rows(tmp_path / "run")
+    assert len(rows) == 4 and {j["judge_model"] for j in rows.values()} == {"gpt4-judge"}
