@@ -11,7 +11,8 @@ import yaml
 
 from harness.backends.base import GenRequest
 from harness.backends.openai_backend import OpenAIBackend
-from harness.batch_api import BatchJob, batch_judge, request_body, result_from_body
+from harness.batch_api import BatchJob, request_body, result_from_body
+from harness.batch_transport import batch_judge
 from harness.calls import CallCache, CallLayer, CallSettings
 from harness.config import load_config
 from harness.fake import ScriptedBackend, judge_like_answer
