@@ -21,7 +21,7 @@ def parse_ns(text: str) -> list[int]:
 
 
 def rerank_scorer(spec: str, run_dir: Path | None = None, task: str | None = None, calls=None,
-                  max_tokens: int | None = None, **rm_options):
+                  max_tokens: int | None = None, flag: str = "--reward-model", **rm_options):
     """The scorer a ``--reward-model``/``--oracle`` value names: ``judge[:KIND]`` (the run config's judge),
     ``toxicity[:CLASSIFIER]`` (a penalty), or a reward model (a directory or a hub id)."""
     from harness.scorers import make_scorer
@@ -42,7 +42,7 @@ def rerank_scorer(spec: str, run_dir: Path | None = None, task: str | None = Non
     except RerankError:
         raise
     except ValueError as e:
-        raise RerankError(f"--reward-model: {e}") from None
+        raise RerankError(f"{flag}: {e}") from None
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -98,8 +98,8 @@ def cmd_rerank(args) -> int:
         if args.prompt_format:
             rm_opts["prompt_format"] = args.prompt_format
         scorer = rerank_scorer(args.reward_model, run_dir, args.task, calls, args.scorer_batch_tokens, **rm_opts)
-        oracle = rerank_scorer(args.oracle, run_dir, args.task, calls, args.scorer_batch_tokens, **rm_opts) \
-            if args.oracle else None
+        oracle = rerank_scorer(args.oracle, run_dir, args.task, calls, args.scorer_batch_tokens, "--oracle",
+                               **rm_opts) if args.oracle else None
         res = asyncio.run(rerank(cand, scorer, ns, task=args.task, model=args.model, out=args.out,
                                  sampling=sampling, label=args.label, oracle=oracle,
                                  analysis=not args.no_analysis, calls=calls))
