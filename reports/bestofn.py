@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from math import comb
 from pathlib import Path
 from typing import Sequence
@@ -155,3 +156,36 @@ def write_analysis(result: dict, out_dir: str | Path, stem: str) -> list[Path]:
     atomic_write_text(paths[0], json.dumps(result, indent=2))
     atomic_write_text(paths[1], curve_csv(result))
     return paths
+
+
+# ----------------------------------------------------------------------------- judged best-of-n models
+
+# ``harness.rerank.virtual_model_name``: "<model>@bo<n>[<label>]"
+BO_MODEL = re.compile(r"^(?P<base>.+)@bo(?P<n>\d+)\[(?P<label>.+)\]$")
+
+
+def series_name(model: str, label: str) -> str:
+    """The stem of ``harness rerank``'s analysis files (bestofn/<model>__<label>.*), which is also the
+    curve name ``reports.plots.read_best_of_n`` gives their rows: judged points and a curve file of
+    the same pool and reward model meet under one name."""
+    return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', model)}__{label}"
+
+
+def judged_points(board: dict) -> list[dict]:
+    """The judge's score of the answers each ``<base>@bo<n>[<label>]`` model selected, per benchmark, with
+    the leaderboard's 95% CI: rows {"model" (series), "task", "metric", "n", "score", "score_lower",
+    "score_upper"}, sorted by series, task and n."""
+    out = []
+    for row in board["rows"]:
+        m = BO_MODEL.match(row["model"])
+        if not m:
+            continue
+        for task, cell in row["cells"].items():
+            if cell.get("value") is None:
+                continue
+            point = {"model": series_name(m["base"], m["label"]), "task": task, "metric": cell.get("metric"),
+                     "n": int(m["n"]), "score": float(cell["value"])}
+            if cell.get("lower") is not None and cell.get("upper") is not None:
+                point.update(score_lower=float(cell["lower"]), score_upper=float(cell["upper"]))
+            out.append(point)
+    return sorted(out, key=lambda p: (p["model"], p["task"], p["n"]))

@@ -19,15 +19,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 DPI = 300
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 11, "axes.labelsize": 9, "figure.autolayout": False})
+# figures are drawn at their printed size, so 7-8 pt text stays 7-8 pt in a two-column paper:
+# COLUMN wide for one column, PAGE for both
+COLUMN, PAGE = 3.4, 7.0
+plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "xtick.labelsize": 6.5,
+                     "ytick.labelsize": 6.5, "legend.fontsize": 6, "figure.autolayout": False,
+                     "svg.fonttype": "none",  # SVG text stays text: searchable, editable, smaller
+                     "svg.hashsalt": "janus-harness",  # fixed element ids: the same figure, the same bytes
+                     "axes.prop_cycle": matplotlib.cycler(color=[  # Okabe-Ito: tells apart in colour-blind vision
+                         "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"])})
+
+
+def _t(text) -> str:
+    """Text as matplotlib shows it literally: '$' would start mathtext."""
+    return str(text).replace("$", r"\$")
 
 
 def _save(fig, path: Path) -> Path:
+    """The figure as PNG (300 dpi) at ``path`` and as SVG beside it; returns the PNG's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     # light PNG compression: the files are a little larger but save several times faster
     fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 2})
+    fig.savefig(path.with_suffix(".svg"), metadata={"Date": None})  # no timestamp: reproducible bytes
     plt.close(fig)
     return path
 
@@ -52,39 +67,43 @@ def score_bars(board: dict, task: str, path) -> Path | None:
     vals = np.array([t[1] for t in items])
     err = np.array([[v - lo if lo is not None else 0, hi - v if hi is not None else 0]
                     for _, v, lo, hi, _, _ in items]).T
-    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(items) + 1.4))
-    colors = ["#4c72b0" if not t[4] else "#dd8452" for t in items]
-    ax.barh(names, vals, xerr=err, color=colors, capsize=3, ecolor="#333333")
-    ax.set_xlabel(f"{items[0][5]} (95% CI)" + ("  — lower is better" if lower_is_better else ""))
-    ax.set_title(task)
+    fig, ax = plt.subplots(figsize=(COLUMN, 0.16 * len(items) + 1.0))
+    colors = ["#0072B2" if not t[4] else "#E69F00" for t in items]
+    ax.barh([_t(n) for n in names], vals, xerr=err, color=colors, capsize=2, ecolor="#333333", error_kw={"lw": 0.8})
+    ax.set_xlabel(_t(f"{items[0][5]} (95% CI)") + (" — lower is better" if lower_is_better else ""))
+    ax.set_title(_t(task))
     ax.grid(axis="x", alpha=0.3)
     if any(t[4] for t in items):
-        ax.text(1.0, -0.12 if len(items) > 3 else -0.3, "orange = official computation", transform=ax.transAxes,
-                ha="right", fontsize=7, color="#dd8452")
+        ax.set_title("orange = official computation", loc="right", fontsize=6, color="#E69F00")
     return _save(fig, path)
 
 
-def radar(values: dict[str, dict[str, float]], title: str, path, value_range=(1, 5)) -> Path | None:
+def radar(values: dict[str, dict[str, float]], title: str, path, value_range=(1, 5), axes_order=None,
+          keep_order: bool = False) -> Path | None:
     """One polygon per model over the axes (e.g. sources or rubric dimensions). The radial
     range is ``value_range`` (the 1-5 rubric scale) when every value fits in it, else automatic."""
-    axes = sorted({a for per in values.values() for a in per})
+    axes = list(axes_order) if axes_order else sorted({a for per in values.values() for a in per})
     if len(axes) < 3 or not values:
         return None  # a radar needs at least three spokes
     flat = [v for per in values.values() for v in per.values()]
     if value_range and not (value_range[0] <= min(flat) and max(flat) <= value_range[1]):
         value_range = None
     angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False).tolist()
-    fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"polar": True})
-    for model, per in sorted(values.items()):
+    fig, ax = plt.subplots(figsize=(COLUMN, COLUMN + 0.15 * len(values)), subplot_kw={"polar": True})
+    styles = ["-", "--", "-.", ":"]  # line styles as well as colours: tells models apart in greyscale print
+    for k, (model, per) in enumerate(values.items() if keep_order else sorted(values.items())):
         v = [per.get(a, np.nan) for a in axes]
-        ax.plot(angles + angles[:1], v + v[:1], linewidth=1.5, label=model)
-        ax.fill(angles + angles[:1], v + v[:1], alpha=0.08)
+        ax.plot(angles + angles[:1], v + v[:1], linewidth=1.2, linestyle=styles[k // 8 % 4], label=_t(model))
+        ax.fill(angles + angles[:1], v + v[:1], alpha=0.06)
     ax.set_xticks(angles)
-    ax.set_xticklabels(axes)
+    ax.set_xticklabels([_t(a).replace(" ", "\n") for a in axes])
     if value_range:
         ax.set_ylim(*value_range)
-    ax.set_title(title, pad=18)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.12), fontsize=7)
+        ax.set_yticks(np.arange(value_range[0], value_range[1] + 1))
+    ax.set_rlabel_position(180 / len(axes))  # the radial scale between two spokes, not on one
+    ax.tick_params(axis="y", labelsize=5.5)
+    ax.set_title(_t(title), pad=14)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=6, frameon=False)
     return _save(fig, path)
 
 
@@ -131,12 +150,12 @@ def length_vs_score(samples_by_task: dict[str, list[dict]], path) -> Path | None
         return None
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig, axs = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows), squeeze=False)
+    fig, axs = plt.subplots(nrows, cols, figsize=(PAGE / 3 * cols, 2.3 * nrows), squeeze=False)
     for ax, (task, per) in zip(axs.ravel(), panels):
         for m, (l, s) in sorted(per.items()):
-            ax.scatter(l, s, s=25)
-            ax.annotate(m, (l, s), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_title(task)
+            ax.scatter(l, s, s=12)
+            ax.annotate(_t(m), (l, s), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        ax.set_title(_t(task))
         ax.margins(0.15)  # room for the model labels
         ax.set_xlabel("mean response length (chars)")
         ax.set_ylabel("mean score")
@@ -197,45 +216,89 @@ def read_best_of_n(path) -> list[dict]:
     return out
 
 
-def best_of_n(rows: list[dict], path) -> Path | None:
-    """Score (left axis, solid) and reward (right axis, dashed) against n, with CI bands where given."""
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax2 = None
-    series = defaultdict(list)
-    for r in rows:
-        series[r["model"]].append(r)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (model, rs) in enumerate(sorted(series.items())):
-        color = colors[k % len(colors)]
-        rs.sort(key=lambda r: r["n"])
-        n = [r["n"] for r in rs]
-        for key, axis_name in (("score", "left"), ("reward", "right")):
-            if not all(key in r for r in rs):
-                continue
-            if axis_name == "left":
-                target = ax
-            else:
-                ax2 = ax2 or ax.twinx()
-                target = ax2
-            style = "-" if key == "score" else "--"
-            target.plot(n, [r[key] for r in rs], style, marker="o", color=color, label=f"{model}: {key}")
-            if all(f"{key}_lower" in r and f"{key}_upper" in r for r in rs):
-                target.fill_between(n, [r[f"{key}_lower"] for r in rs], [r[f"{key}_upper"] for r in rs],
-                                    color=color, alpha=0.15)
+def _series_line(ax, n, rs, key, color, style, marker, label):
+    ax.plot(n, [r[key] for r in rs], linestyle=style, marker=marker, markersize=3.5, color=color, label=label)
+    if all(f"{key}_lower" in r and f"{key}_upper" in r for r in rs):
+        ax.fill_between(n, [r[f"{key}_lower"] for r in rs], [r[f"{key}_upper"] for r in rs], color=color,
+                        alpha=0.15, linewidth=0)
+
+
+def _best_of_n_panel(ax, curves: dict, judged: dict, colors: dict) -> None:
+    """One panel: judge scores (solid, left axis) and rewards (dashed; right axis when a score line is
+    drawn, else left). Axis labels name only the lines drawn."""
+    solid, dashed = [], []  # (series, rows, key, what)
+    for model, rs in sorted(judged.items()):
+        solid.append((model, rs, "score", "judge score"))
+    for model, rs in sorted(curves.items()):
+        if all("score" in r for r in rs):
+            solid.append((model, rs, "score", "oracle score (curve file)"))
+        if all("reward" in r for r in rs):
+            dashed.append((model, rs, "reward", "reward"))
+    for model, rs, key, what in solid:
+        _series_line(ax, [r["n"] for r in rs], rs, key, colors[model], "-", "o" if what == "judge score" else "s",
+                     f"{_t(model)}: {what}")
+    reward_ax = ax.twinx() if solid and dashed else ax
+    for model, rs, key, what in dashed:
+        _series_line(reward_ax, [r["n"] for r in rs], rs, key, colors[model], "--", "^", f"{_t(model)}: {what}")
+    ci = " (95% CI)" if any("score_lower" in r for _, rs, _k, _w in solid for r in rs) else ""
+    metric = next((r.get("metric") for _, rs, _k, w in solid if w == "judge score" for r in rs if r.get("metric")), None)
+    if solid:
+        what = {w for *_, w in solid}
+        name = "judge score of the selected answer" if what == {"judge score"} else "score of the selected answer"
+        ax.set_ylabel(f"{name}\n{_t(metric) + ', ' if metric and len(what) == 1 else ''}solid{ci}")
+    if dashed:
+        rci = " (95% CI)" if any("reward_lower" in r for _, rs, _k, _w in dashed for r in rs) else ""
+        reward_ax.set_ylabel(f"reward of the selected answer\ndashed{rci}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("n (candidates per prompt)")
-    ax.set_ylabel("score of the chosen sample (solid, 95% CI)")
-    if ax2:
-        ax2.set_ylabel("reward of the chosen sample (dashed, 95% CI)")
-    ax.set_title("Best-of-n")
+    ns = sorted({r["n"] for _, rs, _k, _w in solid + dashed for r in rs})
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("n (candidates per prompt, log scale)")
     ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if ax2:
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=7, loc="lower right")
+    handles, names = [], []
+    for a in dict.fromkeys([ax, reward_ax]):
+        h, l = a.get_legend_handles_labels()
+        handles, names = handles + h, names + l
+    ax.legend(handles, names, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
+
+
+def best_of_n(rows: list[dict], path, judged: list[dict] | None = None) -> Path | None:
+    """Best-of-n against n (log scale): the judge's score of the answer each ``@bo<n>`` model selected
+    (``judged``, from ``reports.bestofn.judged_points``; solid, left axis) and the reward of the selected
+    answer (``rows`` from curve files; dashed), CI bands where given; one panel per benchmark with judged
+    points, curve files joined to the panel of their series (else a panel of their own)."""
+    judged = judged or []
+    if not rows and not judged:
+        return None
+    curves = defaultdict(list)
+    for r in rows:
+        curves[r["model"]].append(r)
+    panels: dict[str, tuple[dict, dict]] = {}  # title -> (curves, judged series)
+    for p in judged:
+        panels.setdefault(p["task"], ({}, defaultdict(list)))[1][p["model"]].append(p)
+    placed = set()
+    for title, (cs, js) in panels.items():
+        for model in js:
+            if model in curves:
+                cs[model] = curves[model]
+                placed.add(model)
+    rest = {m: rs for m, rs in curves.items() if m not in placed}
+    if rest:
+        panels["curve files" if panels else ""] = (rest, {})
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = sorted({*curves, *(p["model"] for p in judged)})
+    colors = {m: palette[k % len(palette)] for k, m in enumerate(names)}
+    entries = max(len(cs) * 2 + len(js) for cs, js in panels.values())  # legend lines under a panel
+    cols = min(2, len(panels))  # at most the width of a page
+    rows_n = math.ceil(len(panels) / cols)
+    fig, axs = plt.subplots(rows_n, cols, figsize=(PAGE / 2 * cols, (2.4 + 0.12 * entries) * rows_n), squeeze=False)
+    for ax in axs.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (title, (cs, js)) in zip(axs.ravel(), panels.items()):
+        for series in (*cs.values(), *js.values()):
+            series.sort(key=lambda r: r["n"])
+        _best_of_n_panel(ax, cs, dict(js), colors)
+        ax.set_title("Best-of-n" + (f": {_t(title)}" if title else ""))
     return _save(fig, path)
 
 
@@ -253,21 +316,21 @@ def significance_matrix(result: dict, task: str, path) -> Path | None:
         mat[i, j], mat[j, i] = r["diff"], -r["diff"]
         sig[i, j] = sig[j, i] = r["significant"]
     lim = np.nanmax(np.abs(mat)) or 1.0
-    size = max(4.0, 0.32 * len(names) + 2.5)
+    size = min(PAGE - 1, max(COLUMN - 0.6, 0.22 * len(names) + 1.6))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     # pcolormesh draws one rectangle per cell (imshow would resample a 300-dpi image)
     im = ax.pcolormesh(np.ma.masked_invalid(mat), cmap="RdBu", vmin=-lim, vmax=lim)
     ax.invert_yaxis()
     ax.set_aspect("equal")
-    ax.set_xticks(np.arange(len(names)) + 0.5, names, rotation=60, ha="right")
-    ax.set_yticks(np.arange(len(names)) + 0.5, names)
+    ax.set_xticks(np.arange(len(names)) + 0.5, [_t(n) for n in names], rotation=60, ha="right")
+    ax.set_yticks(np.arange(len(names)) + 0.5, [_t(n) for n in names])
     if len(names) <= 25:
         for i in range(len(names)):
             for j in range(len(names)):
                 if np.isfinite(mat[i, j]):
                     color = "white" if abs(mat[i, j]) > 0.6 * lim else "black"
                     ax.text(j + 0.5, i + 0.5, f"{mat[i, j]:.2g}{'*' if sig[i, j] else ''}", ha="center",
-                            va="center", fontsize=6, color=color)
+                            va="center", fontsize=4 if len(names) > 12 else 6, color=color)
     fig.colorbar(im, ax=ax, label="mean difference (row − column)")
-    ax.set_title(f"{task}: paired differences (* = Holm-significant)")
+    ax.set_title(_t(f"{task}: paired differences (* = Holm-significant)"))
     return _save(fig, path)

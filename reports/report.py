@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from reports import html as html_report
-from reports import leaderboard, plots, significance, stats
+from reports import bestofn, figures, leaderboard, plots, significance, stats, table_writers, tables
 from reports.publish import check_target, lock_path, new_build_dir, swap_into_place, unlink_quiet, clean_leftovers
 
 BEST_OF_N_FILES = ("best_of_n.csv", "best_of_n.jsonl", "best_of_n.json")
@@ -122,6 +122,11 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
     reliability = judge_reliability(merged.samples)
     extra = {"judge_reliability": reliability, "rank_correlation_with_published": {}}
     bon = _best_of_n_rows(run_dirs, best_of_n_file)
+    # the paper's tables; tie+win against the significance baseline (all pairs: --baseline, else the first by name)
+    tie_win_baseline = sig["settings"]["baseline"] or (
+        significance.choose_baseline({t: significance.score_table(r) for t, r in merged.samples.items()}, baseline)
+        if any(r.get("score") is not None for rows in merged.samples.values() for r in rows) else None)
+    paper = tables.paper_tables(board, merged.samples, tie_win_baseline, B=B, seed=seed)
     correlations = {}
     for spec in published or []:
         task, pub = read_published(spec)
@@ -135,7 +140,7 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
     # previous report (or nothing) at the target, never a half-written one
     lock_fd, tmp = new_build_dir(final)
     try:
-        _write_outputs(tmp, board, sig, extra, merged, bon, title, max_instances)
+        _write_outputs(tmp, board, sig, extra, merged, bon, title, max_instances, paper)
         check_target(final)  # a file or a foreign folder may have appeared meanwhile
         swap_into_place(tmp, final)
     finally:
@@ -145,7 +150,7 @@ def make_report(run_dirs, out_dir, baseline: str | None = None, pairs: str = "ba
     return Path(out_dir) / "report.html"
 
 
-def _write_outputs(out: Path, board, sig, extra, merged, bon, title, max_instances) -> None:
+def _write_outputs(out: Path, board, sig, extra, merged, bon, title, max_instances, paper=None) -> None:
     leaderboard.write(board, out)
     significance.write(sig, out)
     (out / "reliability.json").write_text(
@@ -157,13 +162,23 @@ def _write_outputs(out: Path, board, sig, extra, merged, bon, title, max_instanc
         p = plots.score_bars(board, task, pdir / f"scores_{task}.png")
         if p:
             figs[f"{task}: scores with 95% CI"] = p
-    if "multifaceted_bench" in merged.samples:
-        for p in plots.multifaceted_radars(merged.samples["multifaceted_bench"], pdir):
-            figs[p.stem.replace("_", " ")] = p
+    paper = paper or {}
+    table_writers.write_all(paper, out / "tables")
+    if "multifaceted_by_source" in paper:
+        p = figures.source_bars(paper["multifaceted_by_source"], pdir / "multifaceted_by_source.png")
+        if p:
+            figs["Multifaceted Bench by source (95% CI)"] = p
+        p = figures.source_radar(paper["multifaceted_by_source"], pdir / "radar_sources.png")
+        if p:
+            figs["Multifaceted Bench by source (radar)"] = p
+    if "multifaceted_by_dimension" in paper:
+        p = figures.dimension_radar(paper["multifaceted_by_dimension"], pdir / "radar_dimensions.png")
+        if p:
+            figs["Multifaceted Bench by dimension"] = p
     p = plots.length_vs_score(merged.samples, pdir / "length_vs_score.png")
     if p:
         figs["length versus score"] = p
-    p = plots.best_of_n(bon, pdir / "best_of_n.png")
+    p = plots.best_of_n(bon, pdir / "best_of_n.png", judged=bestofn.judged_points(board))
     if p:
         figs["best-of-n"] = p
     for task in board["tasks"]:
@@ -171,7 +186,7 @@ def _write_outputs(out: Path, board, sig, extra, merged, bon, title, max_instanc
         if p:
             figs[f"{task}: significance matrix"] = p
 
-    sections = {}
+    sections = {"Paper tables (CSV and LaTeX in tables/)": table_writers.html_section(paper)}
     if extra["judge_reliability"] or extra["rank_correlation_with_published"]:
         sections["Judge reliability and rank correlation"] = html_report.json_block(significance._json_safe(extra))
     page = html_report.render(board, sig, figs, merged.samples, title=title, extra_sections=sections,
