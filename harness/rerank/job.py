@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.paths import check_name, safe_join
-from harness.rerank.pool import (CANDIDATES_DIR, Pool, RerankError, collect_pool, load_file_pool, pool_sampling,
-                                 pool_spec, sample_pool)
+from harness.rerank.pool import (CANDIDATES_DIR, CandidatePool, RerankError, collect_pool, load_file_pool,
+                                 pool_sampling, pool_spec, sample_pool)
 from harness.rerank.select import write_virtual_models
 from harness.scorers import score_step
 from harness.store import RunStore, remove_stale_temp_files
@@ -136,7 +136,7 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
                 samples = collect_pool(pool_store, task, model, instances)
         if not samples:
             raise RerankError(f"{candidates}: no candidates of model '{model}' for task '{task}'")
-        pool = Pool(task, model, pool_store, instances, samples)
+        pool = CandidatePool(task, model, pool_store, instances, samples)
         cands = pool.candidates(n_max)
         rewards, new = await score_step(pool_store, scorer, cands, instances)
         written = write_virtual_models(target, pool, rewards, ns, scorer, label or label_of(scorer))
@@ -154,7 +154,7 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
         lock.release()
 
 
-def pool_table(pool: Pool, rewards: dict, oracle: dict | None = None) -> dict[str, dict]:
+def pool_table(pool: CandidatePool, rewards: dict, oracle: dict | None = None) -> dict[str, dict]:
     """instance id -> {"rewards": [...], "scores": [...] | None} in sample order; candidates without a
     reward (or, with an oracle, without an oracle score) are left out."""
     table = {}
@@ -166,8 +166,8 @@ def pool_table(pool: Pool, rewards: dict, oracle: dict | None = None) -> dict[st
     return table
 
 
-def _write_analysis(result: RerankResult, run_dir: Path, pool: Pool, rewards, oracle_scores, ns, scorer, oracle,
-                    label: str) -> None:
+def _write_analysis(result: RerankResult, run_dir: Path, pool: CandidatePool, rewards, oracle_scores, ns, scorer,
+                    oracle, label: str) -> None:
     from harness.registry import REPORTS
 
     report = REPORTS.get("best_of_n")

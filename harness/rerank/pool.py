@@ -33,7 +33,7 @@ class RerankError(ValueError):
 
 
 @dataclass
-class Pool:
+class CandidatePool:
     """Candidates of one model for one task: instance id -> completions by sample index."""
 
     task: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from harness.records import Completion, stable_hash
-from harness.rerank.pool import Pool, RerankError
+from harness.rerank.pool import CandidatePool, RerankError
 from harness.store import RunStore
 
 
@@ -32,8 +32,8 @@ def select_best(cands_by_index: dict[int, Completion], rewards: dict[str, float 
     return best, rewards[best.key], {s: rewards[c.key] for s, c in pool}
 
 
-def write_virtual_models(target: RunStore, pool: Pool, rewards: dict[str, float | None], ns: Sequence[int],
-                         scorer, scorer_label: str) -> dict[str, int]:
+def write_virtual_models(target: RunStore, pool: CandidatePool, rewards: dict[str, float | None],
+                         ns: Sequence[int], scorer, scorer_label: str) -> dict[str, int]:
     """One Completion per instance for each ``<model>@bo<n>[<label>]``; returns model -> count written."""
     written: dict[str, int] = {}
     for n in ns:
