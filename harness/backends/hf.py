@@ -25,7 +25,7 @@ class HFBackend(Backend):
 
     def __init__(self, model: str, chat_template: str = "tokenizer", dtype: str = "float32",
                  batch_size: int = 8, trust_remote_code: bool = False, device: str = "cpu",
-                 threads: int | None = None, **options):
+                 threads: int | None = None, prefix_cache: int = 4, dynamic_batching: bool = True, **options):
         super().__init__(model, **options)
         self.path = resolve_model_path(model)
         # "org/name" may be a hub id (loaded when online); anything path-like must exist
@@ -41,6 +41,13 @@ class HFBackend(Backend):
         self._tok = None
         self._fingerprint: str | None = None
         self._lock = threading.Lock()
+        # greedy requests skip generate(): see _fast_path (off: prefix_cache=0, dynamic_batching=False)
+        self.dynamic_batching = dynamic_batching
+        self._prefixes = None
+        if prefix_cache:
+            from harness.backends.prefix_cache import PrefixCache
+
+            self._prefixes = PrefixCache(int(prefix_cache))
 
     @property
     def model_id(self) -> str:
@@ -87,6 +94,10 @@ class HFBackend(Backend):
         return req.prompt or ""
 
     def sort_key(self, req: GenRequest):
+        if self._prefixes is not None and req.max_tokens == 1 and req.temperature == 0 and not req.is_loglikelihood:
+            # one-token prompts (logprob judges) keep the caller's order, which puts the rubric prompts
+            # of one answer together: the prefix path runs their shared prefix once
+            return (0,)
         if req.prompt_tokens is not None:
             return (len(req.prompt_tokens) + len(req.continuation_tokens or ()), req.max_tokens)
         text = req.prompt if req.messages is None else "".join(m["content"] for m in req.messages)
@@ -158,8 +169,24 @@ class HFBackend(Backend):
                 out.append([(float(c), bool(g), t) for c, g, t in zip(chosen, greedy, tops)])
         return out
 
+    def _fast_path(self, reqs: list[GenRequest]) -> list[GenResult] | None:
+        """Plain greedy requests without generate(): one-token ones share their prompt prefixes
+        (``prefix_cache``), longer ones decode in dynamic batches (``hf_batching``). None: not here."""
+        from harness.backends import hf_batching, prefix_cache
+
+        model, _ = self.load()
+        if not hf_batching.eligible(model, reqs):
+            return None
+        if self._prefixes is not None and prefix_cache.eligible(model, reqs):
+            return prefix_cache.one_token(self, self._prefixes, reqs)
+        return hf_batching.greedy(self, reqs) if self.dynamic_batching else None
+
     def _generate_group(self, reqs: list[GenRequest]) -> list[GenResult]:
         import torch
+
+        fast = self._fast_path(reqs)
+        if fast is not None:
+            return fast
 
         model, tok = self.load()
         t0 = time.perf_counter()

@@ -1,0 +1,141 @@
+"""Greedy generation for the hf backend without ``model.generate``: dynamic batches.
+
+A left-padded prefill, then one forward per step over the rows still generating: a row that
+ends (EOS, or a pad token) leaves the batch and its cache rows are dropped, so a batch no
+longer computes padding until its longest answer ends, and the per-step overhead of
+``generate`` (logits processors, stopping criteria) is gone. The math per row is what
+``generate`` does for greedy decoding (positions from the attention mask, argmax of the
+last logits), so greedy texts are the same (tests/test_hf_batching.py).
+
+Only plain greedy requests come here (no sampling, repetition penalty, JSON schema, or
+model generation-config processors); others keep ``generate``. One-token requests with a
+shared prompt prefix go to ``prefix_cache`` instead.
+"""
+from __future__ import annotations
+
+import time
+
+from harness.backends.base import GenRequest, GenResult, TokenLogprob
+
+# generation-config settings that add logits processors to greedy decoding in ``generate``
+_PROCESSOR_FIELDS = ("suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+                     "bad_words_ids", "sequence_bias", "min_new_tokens", "no_repeat_ngram_size",
+                     "guidance_scale", "watermarking_config")
+
+
+def eligible(model, reqs: list[GenRequest]) -> bool:
+    """Requests this module answers exactly as ``generate`` would."""
+    gc = model.generation_config
+    if any(getattr(gc, f, None) for f in _PROCESSOR_FIELDS):
+        return False
+    if (getattr(gc, "min_length", 0) or 0) > 0 or (getattr(gc, "num_beams", 1) or 1) > 1:
+        return False
+    if (getattr(gc, "repetition_penalty", 1.0) or 1.0) != 1.0:
+        return False
+    return all(r.temperature == 0 and not r.repetition_penalty and getattr(r, "json_schema", None) is None
+               and not r.is_loglikelihood for r in reqs)
+
+
+def prompt_ids(backend, reqs: list[GenRequest]) -> list[list[int]]:
+    """Each prompt's token ids, as ``_generate_group`` tokenizes them (one row at a time: the same
+    ids as a padded batch)."""
+    tok = backend.tokenizer
+    if reqs[0].prompt_tokens is not None:
+        return [list(r.prompt_tokens) for r in reqs]
+    # chat templates already contain BOS/special tokens
+    special = reqs[0].messages is None
+    return [tok(backend.render(r), add_special_tokens=special)["input_ids"] for r in reqs]
+
+
+def stop_ids(model, tok) -> set[int]:
+    return set(_as_list(model.generation_config.eos_token_id)) | {tok.eos_token_id}
+
+
+def greedy(backend, reqs: list[GenRequest]) -> list[GenResult]:
+    import torch
+    from transformers import DynamicCache
+
+    model, tok = backend.load()
+    t0 = time.perf_counter()
+    rows = prompt_ids(backend, reqs)
+    pad = tok.pad_token_id
+    width = max(len(r) for r in rows)
+    dev = backend.device
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=dev)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=dev)
+    # positions as generate derives them from the mask (pads get 1, as there)
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    eos, max_new = stop_ids(model, tok), reqs[0].max_tokens
+    want_lp = bool(reqs[0].logprobs)
+    out_ids: list[list[int]] = [[] for _ in reqs]
+    out_lp: list[list] = [[] for _ in reqs]
+    live = list(range(len(reqs)))  # request index of each batch row
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+        last = pos[:, -1:]
+        for step in range(max_new):
+            nxt = logits.argmax(-1)
+            lp = logits.log_softmax(-1) if want_lp else None
+            keep = []
+            for j, b in enumerate(live):
+                t = int(nxt[j])
+                out_ids[b].append(t)
+                if lp is not None:
+                    out_lp[b].append(lp[j])
+                if t not in eos and not (t == pad and pad not in eos):
+                    keep.append(j)
+            if not keep or step == max_new - 1:
+                break
+            if len(keep) < len(live):  # finished rows leave the batch
+                sel = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(sel)
+                mask, last, nxt = mask[sel], last[sel], nxt[sel]
+                live = [live[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            last = last + 1
+            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last, cache=cache,
+                           use_cache=True).logits[:, -1, :].float()
+    latency = time.perf_counter() - t0
+    return finish(tok, eos, reqs, out_ids, out_lp if want_lp else None, [len(r) for r in rows], latency)
+
+
+def finish(tok, eos: set[int], reqs: list[GenRequest], out_ids: list[list[int]], out_lp: list[list] | None,
+           prompt_lens: list[int], latency: float) -> list[GenResult]:
+    """GenResults from generated ids, cut and decoded as ``HFBackend._generate_group`` does."""
+    results = []
+    for b, r in enumerate(reqs):
+        ids = out_ids[b]
+        n, reason = len(ids), "length"
+        for j, t in enumerate(ids):
+            if t in eos:
+                n, reason = j + 1, "stop"
+                break
+            if t == tok.pad_token_id and tok.pad_token_id not in eos:
+                n, reason = j, "stop"
+                break
+        text = tok.decode(ids[:n], skip_special_tokens=True)
+        if r.stop:
+            cut = min((text.find(s) for s in r.stop if s in text), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        lps = None
+        if out_lp is not None:
+            lps = []
+            for j in range(n):
+                row = out_lp[b][j]
+                top = []
+                if r.top_logprobs:
+                    vals, idxs = row.topk(r.top_logprobs)
+                    top = [(tok.decode([int(k)]), float(v)) for v, k in zip(vals, idxs)]
+                lps.append(TokenLogprob(tok.decode([ids[j]]), float(row[ids[j]]), top))
+        results.append(GenResult(text=text, finish_reason=reason, prompt_tokens=prompt_lens[b], completion_tokens=n,
+                                 logprobs=lps, latency_s=latency / len(reqs)))
+    return results
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]

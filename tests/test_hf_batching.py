@@ -1,0 +1,87 @@
+"""Greedy decoding in dynamic batches (harness/backends/hf_batching.py) gives generate()'s texts."""
+from __future__ import annotations
+
+import pytest
+
+from harness.backends.base import GenRequest
+from harness.backends.hf import HFBackend
+
+
+def _pair(path: str):
+    plain = HFBackend(path, prefix_cache=0, dynamic_batching=False)  # model.generate, as before
+    fast = HFBackend(path)
+    fast._model, fast._tok = plain.load()
+    return plain, fast
+
+
+def _same(a, b, lp_tol=1e-5):
+    for x, y in zip(a, b):
+        assert (x.text, x.finish_reason, x.prompt_tokens, x.completion_tokens) == \
+               (y.text, y.finish_reason, y.prompt_tokens, y.completion_tokens)
+        if x.logprobs is not None:
+            assert [t.token for t in x.logprobs] == [t.token for t in y.logprobs]
+            for s, t in zip(x.logprobs, y.logprobs):
+                assert s.logprob == pytest.approx(t.logprob, abs=lp_tol)
+                assert [k for k, _ in s.top] == [k for k, _ in t.top]
+
+
+def test_greedy_equals_generate_with_rows_ending_early(tiny_model_dir):
+    plain, fast = _pair(str(tiny_model_dir))
+    model, tok = plain.load()
+    msgs = [[{"role": "user", "content": "Write about the sea " * (i + 1)}] for i in range(6)]
+    prompts = ["The capital of France" + " is" * i if i % 2 == 0 else "x" * i + "2 + 2 = 4. def" for i in range(6)]
+    reqs = [GenRequest(prompt=p, max_tokens=24) for p in prompts]
+    # make a token these answers print an end token too, one that rows print first at different
+    # steps (or never), so that rows end at different steps
+    outs = []
+    for r in reqs:
+        enc = tok(plain.render(r), return_tensors="pt")
+        outs.append(model.generate(**enc, max_new_tokens=24, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist())
+    end = max({t for o in outs for t in o}, key=lambda t: len({o.index(t) if t in o else -1 for o in outs}))
+    old = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [old, end]
+    try:
+        ref = plain.generate_sync(reqs)
+        assert len({r.completion_tokens for r in ref}) > 1 and any(r.finish_reason == "stop" for r in ref)
+        _same(ref, fast.generate_sync(reqs))
+        lp = [GenRequest(messages=m, max_tokens=10, logprobs=True, top_logprobs=3) for m in msgs]
+        _same(plain.generate_sync(lp), fast.generate_sync(lp))
+    finally:
+        model.generation_config.eos_token_id = old
+
+
+def test_greedy_equals_generate_for_prompts_tokens_and_stop_strings(tiny_model_dir):
+    plain, fast = _pair(str(tiny_model_dir))
+    reqs = [GenRequest(prompt="The capital of France" + " is" * i, max_tokens=12) for i in range(4)]
+    _same(plain.generate_sync(reqs), fast.generate_sync(reqs))
+    toks = [GenRequest(prompt_tokens=[1, 7 + i, 9, 11, 13][: 3 + i % 3], max_tokens=9) for i in range(4)]
+    _same(plain.generate_sync(toks), fast.generate_sync(toks))
+    text = plain.generate_sync(reqs[:1])[0].text
+    stop = [GenRequest(prompt=r.prompt, max_tokens=12, stop=[text[3:5]]) for r in reqs]
+    _same(plain.generate_sync(stop), fast.generate_sync(stop))
+
+
+def test_sampling_and_penalties_keep_generate(tiny_model_dir, monkeypatch):
+    from harness.backends import hf_batching
+
+    _, fast = _pair(str(tiny_model_dir))
+    monkeypatch.setattr(hf_batching, "greedy", lambda *a: pytest.fail("not a plain greedy request"))
+    fast.generate_sync([GenRequest(prompt="Once", max_tokens=4, temperature=1.0, seed=1)])
+    fast.generate_sync([GenRequest(prompt="Once", max_tokens=4, repetition_penalty=1.1)])
+
+
+@pytest.mark.slow
+def test_greedy_equals_generate_on_smollm2():
+    import sys
+    from pathlib import Path
+
+    from harness.models import default_model_dir
+
+    if not (default_model_dir() / "config.json").exists():
+        pytest.skip("the embedded SmolLM2 is not prepared (harness models prepare)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from vllm_vs_hf import requests
+
+    plain, fast = _pair("default")
+    reqs = requests(8, 32)
+    _same(plain.generate_sync(reqs), fast.generate_sync(reqs))
