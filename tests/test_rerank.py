@@ -578,6 +578,26 @@ def test_selection_ties_keep_the_lower_sample_index():
     comps = {s: Completion(task="t", instance_id="i", model="m", texts=[f"c{s}"], sample_index=s) for s in range(4)}
     rewards = {comps[0].key: 0.5, comps[1].key: 0.9, comps[2].key: 0.9, comps[3].key: None}
     assert select_best(comps, rewards, 1)[0].sample_index == 0
-    best, reward, first_n = select_best(comps, rewards, 4)
-    assert best.sample_index == 1 and reward == 0.9 and set(first_n) == {0, 1, 2}  # unscored sample 3 left out
+    best, reward, first_n = select_best(comps, rewards, 3)
+    assert best.sample_index == 1 and reward == 0.9 and set(first_n) == {0, 1, 2}
+    # sample 3 has no reward: there is no best of 4 (a best of 3 would be passed off as one)
+    assert select_best(comps, rewards, 4) is None
     assert select_best(comps, {}, 4) is None
+
+
+def test_an_instance_without_n_scored_samples_gets_no_best_of_n(tmp_path, seq_cls_rm, capsys):
+    from harness.cli import main
+    from harness.store import RunStore
+
+    rows = [{"instance_id": f"q{i}", "prompt": f"question {i}", "candidates": [f"answer {i}.{k}" for k in range(4)]}
+            for i in range(3)]
+    rows[2]["candidates"] = rows[2]["candidates"][:2]  # only two candidates for q2
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["rerank", "--candidates", str(pool), "--reward-model", str(seq_cls_rm), "--n", "1,2,4",
+                 "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "pool@bo4[seqcls-rm]: 2 completions (1 instance without 4 scored samples left out)" in out
+    store = RunStore(tmp_path / "run")
+    assert {c.instance_id for c in store.all("completion", model="pool@bo4[seqcls-rm]")} == {"q0", "q1"}
+    assert len(store.all("completion", model="pool@bo2[seqcls-rm]")) == 3

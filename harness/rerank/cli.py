@@ -111,7 +111,10 @@ def cmd_rerank(args) -> int:
     print(f"pool: {res.pool_model} on {res.task}: {res.n_candidates} candidates, {res.scored_now} scored now, "
           f"{res.n_candidates - res.scored_now} from stored scores")
     for name, count in res.virtual_models.items():
-        print(f"  {name}: {count} completions")
+        gap = res.left_out.get(name)
+        n = name.rsplit("@bo", 1)[1].split("[", 1)[0]
+        why = f" ({gap} instance{'s' if gap > 1 else ''} without {n} scored samples left out)" if gap else ""
+        print(f"  {name}: {count} completions{why}")
     for f in res.analysis_files:
         print(f"  analysis: {f}")
     print(f"judge them with `harness judge <config> --out {run_dir}`; they appear in its leaderboard")

@@ -34,6 +34,7 @@ class RerankResult:
     n_candidates: int
     scored_now: int
     virtual_models: dict[str, int]
+    left_out: dict[str, int] = field(default_factory=dict)  # model -> instances without n scored samples
     analysis: dict | None = None
     analysis_files: list[str] = field(default_factory=list)
 
@@ -139,8 +140,8 @@ async def rerank(candidates: str | Path, scorer, ns: Sequence[int], task: str | 
         pool = CandidatePool(task, model, pool_store, instances, samples)
         cands = pool.candidates(n_max)
         rewards, new = await score_step(pool_store, scorer, cands, instances)
-        written = write_virtual_models(target, pool, rewards, ns, scorer, label or label_of(scorer))
-        result = RerankResult(task, model, len(cands), len(new), written)
+        written, left_out = write_virtual_models(target, pool, rewards, ns, scorer, label or label_of(scorer))
+        result = RerankResult(task, model, len(cands), len(new), written, left_out)
         if analysis:
             oracle_scores = (await score_step(pool_store, oracle, cands, instances))[0] if oracle else None
             _write_analysis(result, run_dir, pool, rewards, oracle_scores, ns, scorer, oracle,

@@ -5,15 +5,19 @@ first best): one draw of the best-of-n policy, since the pool's samples are inde
 analysis curve (``reports.bestofn``) estimates the same quantity from the whole pool of ``N = n_max``
 samples: the exact expectation over all ``C(N, n)`` subsets of size n, with the same tie rule. At n=1 the
 curve is the mean over the pool's samples, what ``@bo1`` (one sample) is an unbiased draw of; at n=N both
-are the best of the whole pool.
+are the best of the whole pool. An instance without n scored samples gets no ``@bo<n>`` completion (the
+curve drops prompts without ``n_max`` scored candidates): a best of fewer is never passed off as a best of n.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from harness.records import Completion, stable_hash
 from harness.rerank.pool import CandidatePool, RerankError
 from harness.store import RunStore
+
+log = logging.getLogger("harness.rerank")
 
 
 def virtual_model_name(model: str, n: int, scorer_label: str) -> str:
@@ -21,9 +25,10 @@ def virtual_model_name(model: str, n: int, scorer_label: str) -> str:
 
 
 def select_best(cands_by_index: dict[int, Completion], rewards: dict[str, float | None], n: int):
-    """(completion, reward, first-n rewards) of the best of samples 0..n-1; None if none is scored."""
-    pool = [(s, c) for s, c in sorted(cands_by_index.items()) if s < n and rewards.get(c.key) is not None]
-    if not pool:
+    """(completion, reward, first-n rewards) of the best of samples 0..n-1; None unless all n have a reward
+    (a best of fewer is not a best of n: the curve drops such prompts too)."""
+    pool = [(s, cands_by_index[s]) for s in range(n) if s in cands_by_index]
+    if len(pool) < n or any(rewards.get(c.key) is None for _, c in pool):
         return None
     best = pool[0][1]
     for _, c in pool[1:]:
@@ -33,15 +38,18 @@ def select_best(cands_by_index: dict[int, Completion], rewards: dict[str, float 
 
 
 def write_virtual_models(target: RunStore, pool: CandidatePool, rewards: dict[str, float | None],
-                         ns: Sequence[int], scorer, scorer_label: str) -> dict[str, int]:
-    """One Completion per instance for each ``<model>@bo<n>[<label>]``; returns model -> count written."""
+                         ns: Sequence[int], scorer, scorer_label: str) -> tuple[dict[str, int], dict[str, int]]:
+    """One Completion per instance for each ``<model>@bo<n>[<label>]``. Returns (model -> count written,
+    model -> instances left out for want of n scored samples)."""
     written: dict[str, int] = {}
+    left_out: dict[str, int] = {}
     for n in ns:
         name = virtual_model_name(pool.model, n, scorer_label)
         recs = []
         for iid, by_index in sorted(pool.samples.items()):
             picked = select_best(by_index, rewards, n)
             if picked is None:
+                left_out[name] = left_out.get(name, 0) + 1
                 continue
             best, reward, first_n = picked
             cands = [c for s, c in by_index.items() if s < n]
@@ -68,4 +76,6 @@ def write_virtual_models(target: RunStore, pool: CandidatePool, rewards: dict[st
         for gen_hash in {r.gen_config_hash for r in recs}:  # one pool: one hash; the model is current
             target.set_current_generation(pool.task, name, gen_hash)
         written[name] = len(recs)
-    return written
+        if left_out.get(name):
+            log.warning("%s: %d instance(s) without %d scored samples left out", name, left_out[name], n)
+    return written, left_out
