@@ -95,3 +95,21 @@ def test_shared_prefix_equals_unshared_on_smollm2():
     judge, calls, reqs = judge_requests(2, words=4)
     plain, shared = pair("default")
     assert_same(judge, calls, plain.generate_sync(reqs), shared.generate_sync(reqs))
+
+
+def test_served_judge_shares_prefixes_with_the_same_scores(tiny_model_dir, tmp_path):
+    # the local judge path: the call layer -> `harness serve` over hf -> batches of concurrent requests
+    import asyncio
+
+    from harness.backends.openai_backend import OpenAIBackend
+    from harness.calls import CallLayer, CallSettings
+    from harness.serve import ServerThread, build_app
+
+    judge, calls, reqs = judge_requests(4)
+    plain, served = pair(str(tiny_model_dir))
+    ref = plain.generate_sync(reqs)
+    with ServerThread(build_app(served, "tiny")) as srv:
+        layer = CallLayer(tmp_path / "c.sqlite", CallSettings(concurrency=16))
+        out = asyncio.run(layer.run(OpenAIBackend("tiny", base_url=srv.base_url), reqs))
+    assert served._prefixes.misses >= 4  # the shared path ran: at least one prefix per answer
+    assert_same(judge, calls, ref, out)

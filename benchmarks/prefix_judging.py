@@ -1,0 +1,80 @@
+"""Shared-prefix judging on the embedded judge: one answer on 4 rubrics versus one rubric.
+
+The Multifaceted Bench logprob judge (SmolLM2, one-token forward, top logprobs of the score
+tokens) on the README example: per answer, in the same run, one rubric on today's path
+(``generate``), its 4 rubrics on today's path, and its 4 rubrics on the shared-prefix path
+(a fresh prefix cache each time, so nothing carries over between answers). Prints the times,
+the ratios to one rubric (goal: 4 rubrics shared <= 1.5x one rubric) and the largest score
+difference between the paths (must be <= 1e-5).
+
+    OMP_NUM_THREADS=1 python benchmarks/prefix_judging.py [--answers 3] [--words 120] [--model default]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--answers", type=int, default=3)
+    ap.add_argument("--words", type=int, default=120, help="length of each answer judged, in words")
+    a = ap.parse_args()
+    from harness.backends.hf import HFBackend
+    from harness.backends.prefix_cache import PrefixCache
+    from harness.pipeline import Run
+    from harness.records import Completion
+    from judges.rubric_judge import RubricJudge
+    from tasks.multifaceted.release import record_to_instance
+
+    rec = json.loads((REPO / "tasks/multifaceted/readme_example.json").read_text())
+    judge = RubricJudge({"method": "logprob"})
+    plain = HFBackend(a.model, prefix_cache=0, dynamic_batching=False)
+    shared = HFBackend(a.model)
+    shared._model, shared._tok = plain.load()
+    tok = plain.tokenizer
+    rows, diff = [], 0.0
+    for k in range(a.answers):
+        inst = record_to_instance(dict(rec, id=f"i{k}"), k)
+        text = " ".join(f"Sentence {j} of answer {k} says something relevant." for j in range(a.words // 7 + 1))
+        calls = judge.calls(inst, Completion("multifaceted_bench", inst.id, "m", [text]))
+        reqs = [Run._judge_request(c) for c in calls]
+        if k == 0:
+            plain.generate_sync(reqs[:1])  # warm-up
+        t0 = time.perf_counter()
+        plain.generate_sync(reqs[:1])
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = plain.generate_sync(reqs)
+        four = time.perf_counter() - t0
+        shared._prefixes = PrefixCache(4)
+        t0 = time.perf_counter()
+        got = shared.generate_sync(reqs)
+        four_shared = time.perf_counter() - t0
+        for call, x, y in zip(calls, ref, got):
+            px, py = judge.parse_result(x, call), judge.parse_result(y, call)
+            assert px.ok == py.ok
+            if px.ok:
+                diff = max(diff, abs(px.value - py.value))
+        ids = [tok(plain.render(r), add_special_tokens=False)["input_ids"] for r in reqs]
+        common = len(__import__("os").path.commonprefix(ids))
+        rows.append((one, four, four_shared, [len(x) for x in ids], common))
+    print(f"{a.model}: Multifaceted logprob judge, {a.answers} answers of ~{a.words} words x 4 rubrics")
+    for one, four, sh, lens, common in rows:
+        print(f"  prompt tokens {lens} (shared prefix {common}): 1 rubric {one:.2f} s, 4 rubrics {four:.2f} s "
+              f"({four / one:.2f}x), 4 rubrics shared {sh:.2f} s ({sh / one:.2f}x)")
+    one, four, sh = (sum(r[i] for r in rows) for i in range(3))
+    print(f"total: 4 rubrics shared / 1 rubric = {sh / one:.2f}x (goal <= 1.5x); unshared {four / one:.2f}x; "
+          f"shared is {four / sh:.2f}x faster than unshared")
+    print(f"largest score difference shared vs unshared: {diff:.2e} (must be <= 1e-5)")
+
+
+if __name__ == "__main__":
+    main()
