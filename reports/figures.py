@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.plots import COLUMN, PAGE, _save, _t, plt, radar
+from reports import plots
+from reports.plots import PAGE, _t, plt
 
 RADAR_MODELS = 8  # more polygons than this cannot be told apart
 
@@ -50,7 +51,7 @@ def source_bars(df: pd.DataFrame, path) -> Path | None:
     axs[0, 0].invert_yaxis()
     fig.supxlabel("mean rubric score (1–5), 95% CI", fontsize=7)
     fig.suptitle(_t(df.attrs.get("title", "")), fontsize=8)
-    return _save(fig, path)
+    return plots._save(fig, path)
 
 
 def _radar(df: pd.DataFrame, path, title: str) -> Path | None:
@@ -61,7 +62,7 @@ def _radar(df: pd.DataFrame, path, title: str) -> Path | None:
     values = {m: {d: float(r[d]) for d in spokes if pd.notna(r[d])} for m, r in shown.iterrows()}
     if len(df) > len(shown):
         title += f"\n(first {len(shown)} of {len(df)} models, leaderboard order)"
-    return radar(values, title, path, axes_order=spokes, keep_order=True)
+    return plots.radar(values, title, path, axes_order=spokes, keep_order=True)
 
 
 def dimension_radar(df: pd.DataFrame, path) -> Path | None:

@@ -113,9 +113,11 @@ def to_latex(df: pd.DataFrame, stem: str = "table") -> str:
     text_cols = {c for c in cols if not pd.api.types.is_numeric_dtype(df[c])}
     align = ("l" if df.index.name else "") + "".join("l" if c in text_cols else "r" for c in cols)
     lines = [f"% {latex_escape(n)}" for n in df.attrs.get("notes", [])]
-    lines += [r"\begin{table}[t]", r"\centering", r"\small",
+    env = "table*" if len(align) > 6 else "table"  # a wide table spans both columns of the page
+    label = "".join(ch if ch.isalnum() else "-" for ch in stem)  # no escapes inside \label
+    lines += [rf"\begin{{{env}}}[t]", r"\centering", r"\small",
               rf"\caption{{{latex_escape(df.attrs.get('title', stem))}; 95\% CIs in brackets.}}",
-              rf"\label{{tab:{latex_escape(stem)}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+              rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
               " & ".join(latex_escape(h).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$")
                          for h in _header(df)) + r" \\", r"\midrule"]
     for key, row in _rows(df):
@@ -124,7 +126,7 @@ def to_latex(df: pd.DataFrame, stem: str = "table") -> str:
             v, ci = cell_text(df, row, c)
             cells.append(latex_escape(v) + (f" {{\\scriptsize {latex_escape(ci)}}}" if ci else ""))
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\end{{{env}}}"]
     return "\n".join(lines) + "\n"
 
 

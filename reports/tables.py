@@ -287,14 +287,19 @@ def _lower_is_better(board: dict, task: str) -> bool:
     return any(c.get("lower_is_better") for _, c in _cells(board, task))
 
 
+def _score_tables(samples_by_task: dict[str, list[dict]], given: dict | None) -> dict[str, dict]:
+    return given if given is not None else {t: score_table(rows) for t, rows in samples_by_task.items()}
+
+
 def system_message_ablation(board: dict, samples_by_task: dict[str, list[dict]], B: int = stats.DEFAULT_B,
-                            seed: int = 0, alpha: float = stats.ALPHA) -> pd.DataFrame:
+                            seed: int = 0, alpha: float = stats.ALPHA, score_tables: dict | None = None) -> pd.DataFrame:
     """(e) Each ``<base>@sys=<variant>`` against its base model (else ``<base>@sys=original``), per benchmark,
     paired on the instances both have a score for: mean difference with a 95% CI and Holm-corrected p."""
     pending = []  # (row, diffs)
     notes = []
-    for task, rows in samples_by_task.items():
-        table = score_table(rows)
+    score_tables = _score_tables(samples_by_task, score_tables)
+    for task in samples_by_task:
+        table = score_tables[task]
         for model in sorted(table):
             m = SYS_VARIANT.match(model)
             if not m:
@@ -353,11 +358,12 @@ def tie_win_definition(B: int, seed: int) -> str:
 
 
 def tie_win(board: dict, samples_by_task: dict[str, list[dict]], baseline: str, B: int = stats.DEFAULT_B,
-            seed: int = 0) -> pd.DataFrame:
+            seed: int = 0, score_tables: dict | None = None) -> pd.DataFrame:
     """(f) Win, tie and tie+win rate of every model against ``baseline``, per benchmark."""
     pending = []  # (row, (n, 3) indicators: win, tie, win-or-tie)
+    score_tables = _score_tables(samples_by_task, score_tables)
     for task, rows in samples_by_task.items():
-        table = score_table(rows)
+        table = score_tables[task]
         if baseline not in table:
             continue
         n_dims = {(r["model"], str(r["instance_id"])): len(r.get("dims") or {}) for r in rows} if task == MF else {}
@@ -396,14 +402,15 @@ def paper_tables(board: dict, samples_by_task: dict[str, list[dict]], baseline: 
                  B: int = stats.DEFAULT_B, seed: int = 0) -> dict[str, pd.DataFrame]:
     """File stem -> table, the non-empty ones, in the paper's order."""
     mf = samples_by_task.get(MF)
+    scores = _score_tables(samples_by_task, None)  # model -> instance -> score, once per benchmark
     out = {
         "multifaceted_by_source": multifaceted_by_source(board, mf, B, seed),
         "multifaceted_by_dimension": multifaceted_by_dimension(board, mf, B, seed),
         "helpfulness": helpfulness(board),
         "harmlessness": harmlessness(board),
         "general_ability": general_ability(board),
-        "system_message_ablation": system_message_ablation(board, samples_by_task, B, seed),
+        "system_message_ablation": system_message_ablation(board, samples_by_task, B, seed, score_tables=scores),
     }
     if baseline:
-        out["tie_win"] = tie_win(board, samples_by_task, baseline, B, seed)
+        out["tie_win"] = tie_win(board, samples_by_task, baseline, B, seed, score_tables=scores)
     return {k: v for k, v in out.items() if not v.empty}

@@ -101,3 +101,24 @@ def test_source_bars_show_the_table_values(captured, tmp_path):
     # '$' in a model name is shown as text, not read as mathtext
     assert flask.get_yticklabels()[0].get_text() == r"m\$1\$"
     assert fig.get_figwidth() <= plots.PAGE
+
+
+def test_dimension_radar_draws_the_table_values_and_says_who_is_left_out(captured, tmp_path):
+    import pandas as pd
+
+    from reports import figures
+
+    dims = ["Style", "Background knowledge", "Informativeness", "Harmlessness"]
+    rng = np.random.default_rng(0)
+    vals = rng.uniform(1, 5, size=(10, 4))
+    df = pd.DataFrame(vals, columns=dims, index=pd.Index([f"m{i}" for i in range(10)], name="model"))
+    df.attrs.update(measures=[*dims, "Average (all instances)"])
+    figures.dimension_radar(df, tmp_path / "r.png")
+    ax = captured[-1].axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == figures.RADAR_MODELS
+    for i, ln in enumerate(lines):  # closed polygon: the first spoke repeated at the end
+        assert list(ln.get_ydata()) == [*vals[i], vals[i][0]]
+        assert ln.get_label() == f"m{i}"
+    assert f"first {figures.RADAR_MODELS} of 10 models" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [d.replace(" ", "\n") for d in dims]

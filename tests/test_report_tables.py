@@ -236,6 +236,7 @@ def test_writers_escape_and_round_trip(tmp_path):
     assert r"a\&b\%c\$d\#e\_f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k" in tex
     assert r"\toprule" in tex and r"\bottomrule" in tex and "1.23 {\\scriptsize [1.10, 1.40]}" in tex
     assert r"judge x\_y" in tex and "% def: 50\\% ties" in tex
+    assert r"\label{tab:t}" in tex and r"\begin{table}" in tex  # 4 columns: one column of the page
     html = table_writers.to_html(df, "t")
     assert "<script>" not in html and "&lt;script&gt;" in html
     text = table_writers.to_csv(df)
