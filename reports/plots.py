@@ -107,27 +107,6 @@ def radar(values: dict[str, dict[str, float]], title: str, path, value_range=(1,
     return _save(fig, path)
 
 
-def multifaceted_radars(rows: list[dict], out_dir) -> list[Path]:
-    """Per-source and per-dimension radars from Multifaceted Bench samples (``source``, ``dims``)."""
-    by_source = defaultdict(lambda: defaultdict(list))
-    by_dim = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r.get("score") is not None and r.get("source"):
-            by_source[r["model"]][r["source"]].append(float(r["score"]))
-        for dim, v in (r.get("dims") or {}).items():
-            if v is not None:
-                by_dim[r["model"]][dim].append(float(v))
-    out = []
-    mean = lambda d: {m: {k: float(np.mean(v)) for k, v in per.items()} for m, per in d.items()}  # noqa: E731
-    p = radar(mean(by_source), "Multifaceted Bench: mean score by source", Path(out_dir) / "radar_sources.png")
-    if p:
-        out.append(p)
-    p = radar(mean(by_dim), "Multifaceted Bench: mean score by dimension", Path(out_dir) / "radar_dimensions.png")
-    if p:
-        out.append(p)
-    return out
-
-
 def length_vs_score(samples_by_task: dict[str, list[dict]], path) -> Path | None:
     """Per benchmark, each model's mean response length (characters) against its mean score."""
     panels = []

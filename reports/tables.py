@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from reports import labels, stats, views
+from reports import display, labels, stats, views
 from reports.leaderboard import SE_KEYS
 from reports.significance import score_table
 
@@ -222,14 +222,18 @@ def _metric_table(board: dict, columns: list[tuple[str, str, str]], title: str, 
     """One row per model; ``columns``: (task, metric key, column name)."""
     t = _Wide()
     text: dict[str, dict] = defaultdict(dict)
-    lower, decimals = {}, {}
+    lower, decimals, biggest = {}, {}, {}
     for task, key, name in columns:
         for model, cell in _cells(board, task):
             v, lo, hi, how = metric_ci(cell, key)
             t.put(model, name, v, lo, hi, how, _label(task, cell, key))
             if v is not None:
                 lower[name] = bool(cell.get("lower_is_better"))
-                decimals[name] = 1 if abs(v) >= 10 else (2 if abs(v) >= 1 else 3)
+                biggest[name] = max(abs(v), biggest.get(name, 0.0))
+        # one precision per column: the task's at a glance, else by the size of its largest value
+        if name in biggest:
+            decimals[name] = display.DECIMALS[task][0] if task in display.DECIMALS else (
+                1 if biggest[name] >= 10 else 2 if biggest[name] >= 1 else 3)
     for col, (task, key) in (text_keys or {}).items():
         for model, cell in _cells(board, task):
             val = (cell.get("metrics") or {}).get(key)
