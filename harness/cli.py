@@ -162,12 +162,17 @@ def _builders() -> dict:
             continue  # an optional extra is missing
         if hasattr(cls, "build"):
             out[cls.build_name] = cls
+    # the Multifaceted Collection (training data) is built like a bench but is not a benchmark
+    with contextlib.suppress(ImportError):
+        from tasks.multifaceted.collection_build import CollectionBuild
+
+        out[CollectionBuild.build_name] = CollectionBuild
     return out
 
 
 def cmd_bench(args) -> int:
     out = _builders()[args.which].build(args.config, args.out, args.limit)
-    print(f"bench written: {out}")
+    print(f"{'collection' if args.which == 'collection' else 'bench'} written: {out}")
     return 0
 
 
@@ -242,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("which", choices=builders)
     bb.add_argument("--config", required=True, help="build config (YAML)")
     bb.add_argument("--out", help="output directory")
-    bb.add_argument("--limit", type=int, help="at most N instructions")
+    bb.add_argument("--limit", type=int, help="N instructions, a stratified sample over the sources (seeded)")
     bb.set_defaults(fn=cmd_bench)
 
     # commands owned by other packages register themselves; a missing extra hides them

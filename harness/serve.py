@@ -239,7 +239,10 @@ def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
         if fault is not None and not isinstance(fault, str):
             return fault
         if chat:
-            reqs = requests_from(body)
+            try:
+                reqs = requests_from(body)
+            except completions_api.BadRequest as e:
+                return error(400, str(e), type="invalid_request_error", param=e.param)
             results = out_of_range_results(reqs) if fault == "out_of_range" else await batcher.submit(reqs)
             payload = chat_payload(results)
         else:
@@ -271,6 +274,10 @@ def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
                     stop=[body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop"),
                     logprobs=want_lp, top_logprobs=int(top or 0), seed=body.get("seed"))
         base.update(messages=body["messages"], continue_final_message=bool(body.get("continue_final_message")))
+        schema = completions_api.response_format_schema(body)
+        if schema is not None:
+            completions_api.check_schema(backend, schema)
+            base["json_schema"] = schema
         return [GenRequest(sample_index=i, **base) for i in range(n)]
 
     def usage(results: list[GenResult]) -> dict:

@@ -52,6 +52,7 @@ class Plan:
     repetition_penalty: float | None
     stop: list[str] | None
     seed: int | None
+    json_schema: dict | None = None  # from response_format
 
     @property
     def scores_prompt(self) -> bool:
@@ -99,6 +100,39 @@ def _float(body: dict, name: str, default: float, low: float, high: float | None
     return float(v)
 
 
+def response_format_schema(body: dict) -> dict | None:
+    """The JSON schema a body's ``response_format`` asks for (OpenAI's shape, which vLLM accepts
+    on chat and completions): ``json_schema`` -> its ``schema``; ``json_object`` -> any object;
+    ``text`` or absent -> None."""
+    rf = body.get("response_format")
+    if rf is None:
+        return None
+    kind = rf.get("type") if isinstance(rf, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = rf.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format", "response_format.json_schema.schema must be a JSON schema object")
+        return schema
+    raise BadRequest("response_format", "response_format.type must be text, json_object or json_schema, "
+                                        f"got {kind!r}")
+
+
+def check_schema(backend: Backend, schema: dict) -> None:
+    """``BadRequest`` (before any model call) if the backend cannot honour the schema."""
+    from harness.backends.structured import check_schema as valid_schema
+
+    try:
+        valid_schema(schema, "response_format")
+        backend.check_json_schema(schema)
+    except ValueError as e:
+        raise BadRequest("response_format", str(e)) from None
+
+
 def parse(body: dict) -> Plan:
     """The completions body as a :class:`Plan`; :class:`BadRequest` names the first bad field."""
     if "prompt" not in body:
@@ -133,7 +167,7 @@ def parse(body: dict) -> Plan:
                 top_p=_float(body, "top_p", 1.0, 0.0, 1.0),
                 repetition_penalty=(_float(body, "repetition_penalty", 1.0, 0.0)
                                     if body.get("repetition_penalty") is not None else None),
-                stop=stop or None, seed=seed)
+                stop=stop or None, seed=seed, json_schema=response_format_schema(body))
 
 
 def can_score(backend: Backend) -> bool:
@@ -191,6 +225,10 @@ class Completer:
             if bad:
                 raise BadRequest("prompt", f"prompt[{i}] has token id {bad[0]} outside the vocabulary (size {vocab})")
             self._check_length(i, len(p), plan.max_tokens)
+        if plan.json_schema is not None:
+            if plan.scores_prompt:  # the echoed prompt and a next token read off the scores ignore it
+                raise BadRequest("response_format", "response_format cannot be combined with echo and logprobs")
+            check_schema(self.backend, plan.json_schema)
 
     def _check_length(self, i: int, n_tokens: int, max_tokens: int) -> None:
         limit = getattr(self.backend.config, "max_position_embeddings", None)
@@ -266,7 +304,7 @@ class Completer:
     def _gen_args(plan: Plan, sample_index: int) -> dict:
         return dict(max_tokens=plan.max_tokens, temperature=plan.temperature, top_p=plan.top_p,
                     repetition_penalty=plan.repetition_penalty, stop=plan.stop, seed=plan.seed,
-                    sample_index=sample_index)
+                    json_schema=plan.json_schema, sample_index=sample_index)
 
     def _prompt_part(self, ids: list[int], rows: ScoreRows, k: int) -> list[tuple]:
         """(token, logprob, top) per prompt token; the first has no context, so null/null."""

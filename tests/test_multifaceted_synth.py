@@ -156,7 +156,8 @@ def test_build_from_config_end_to_end(tmp_path, data_dir):
         "generator: {backend: scripted-gen-test, model: gen, generation: {max_tokens: 64}}\n"
         "calls: {concurrency: 2, parse_retries: 1}\n")
     out = build_from_config(str(cfg), str(tmp_path / "out"), limit=4)
-    assert [i.source for i in load_instances(out)] == ["mt_bench", "mt_bench", "self_instruct", "koala"]
+    # --limit: a stratified sample in the config's mix (not the first rows, which were all MT-Bench)
+    assert [i.source for i in load_instances(out)] == ["mt_bench", "self_instruct", "koala", "flask"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: t\ngenerater: {}\n")
     with pytest.raises(ValueError, match="unknown field"):
@@ -165,13 +166,13 @@ def test_build_from_config_end_to_end(tmp_path, data_dir):
 
 def test_prefill_starts_json_answers(tmp_path, instructions):
     gen = ScriptedGenerator()
-    _, records, failures, store = _build(tmp_path, gen, instructions, prefill=True)
+    _, records, failures, store = _build(tmp_path, gen, instructions, prefill=True, structured=False)
     assert failures == [] and len(records) == 5
     assert gen.prefilled == Counter({"preference_set": 5, "rubric": 4})  # identical rubric prompts: one call
     store.close()
     # prefill is part of the stage config: a build without it does not reuse these records
     plain = ScriptedGenerator()
-    _build(tmp_path, plain, instructions, cache="plain.sqlite")[3].close()
+    _build(tmp_path, plain, instructions, cache="plain.sqlite", structured=False)[3].close()
     assert plain.calls["preference_set"] == 5 and plain.prefilled == Counter()
 
 

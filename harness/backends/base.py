@@ -38,6 +38,9 @@ class GenRequest:
     # decoding would produce it).
     prompt_tokens: list[int] | None = None
     continuation_tokens: list[int] | None = None
+    # Structured generation: the answer must be JSON matching this schema (constrained decoding
+    # in ``hf``/``vllm``, ``response_format`` in ``openai``). Callers still validate the text.
+    json_schema: dict | None = None
 
     @property
     def is_loglikelihood(self) -> bool:
@@ -62,7 +65,7 @@ class GenRequest:
         return stable_hash({"model": model_id, **self.content()}, 40)
 
 
-_OPTIONAL_FIELDS = ("prompt_tokens", "continuation_tokens")
+_OPTIONAL_FIELDS = ("prompt_tokens", "continuation_tokens", "json_schema")
 
 
 @dataclass
@@ -136,6 +139,10 @@ class Backend:
 
     async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         raise NotImplementedError
+
+    def check_json_schema(self, schema: dict) -> None:
+        """Raise ``ValueError`` naming the schema if this backend cannot honour it (called by
+        builders before any generation). Backends that constrain decoding compile it here."""
 
     def close(self) -> None:
         pass

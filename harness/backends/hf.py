@@ -48,6 +48,7 @@ class HFBackend(Backend):
             from harness.backends.prefix_cache import PrefixCache
 
             self._prefixes = PrefixCache(int(prefix_cache))
+        self._grammars = None  # structured.GrammarCache, built on the first json_schema
 
     @property
     def model_id(self) -> str:
@@ -86,6 +87,19 @@ class HFBackend(Backend):
     def config(self):
         return self.load()[0].config
 
+    def grammars(self):
+        from harness.backends.structured import GrammarCache
+
+        model, tok = self.load()
+        with self._lock:
+            if self._grammars is None:
+                # the model's vocabulary may be padded beyond the tokenizer's
+                self._grammars = GrammarCache(tok, vocab_size=model.config.vocab_size)
+        return self._grammars
+
+    def check_json_schema(self, schema: dict) -> None:
+        self.grammars().compiled(schema)
+
     def render(self, req: GenRequest) -> str:
         tok = self.tokenizer
         if req.messages is not None:
@@ -114,8 +128,11 @@ class HFBackend(Backend):
                 sig: tuple = ("loglikelihood",)
             else:
                 sig = (r.max_tokens, r.temperature, r.top_p, r.repetition_penalty, r.logprobs, r.top_logprobs,
-                       tuple(r.stop or ()), r.prompt_tokens is not None)
+                       tuple(r.stop or ()), r.prompt_tokens is not None, r.json_schema is not None)
             groups.setdefault(sig, []).append(i)
+        for r in requests:  # an uncompilable schema fails the batch before any generation
+            if r.json_schema is not None:
+                self.check_json_schema(r.json_schema)
         out: list[GenResult | None] = [None] * len(requests)
         for sig, idx in groups.items():
             run = self._loglikelihood_group if sig == ("loglikelihood",) else self._generate_group
@@ -210,6 +227,8 @@ class HFBackend(Backend):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if r0.repetition_penalty:
             kwargs["repetition_penalty"] = r0.repetition_penalty
+        if r0.json_schema is not None:  # every row of this group has a schema (see generate_sync)
+            kwargs["logits_processor"] = [self.grammars().logits_processor([r.json_schema for r in reqs])]
         # sampling draws from torch's one global generator, seeded just above: two batches sampling
         # at once (call-layer concurrency > 1) would interleave their draws and change each other's text
         with (_SAMPLING_LOCK if sample else contextlib.nullcontext()), torch.no_grad():

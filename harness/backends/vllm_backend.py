@@ -54,6 +54,7 @@ class VLLMBackend(Backend):
         self._tok = None
         self._fingerprint: str | None = None
         self._lock = threading.Lock()
+        self._grammars = None
 
     @property
     def model_id(self) -> str:
@@ -110,10 +111,29 @@ class VLLMBackend(Backend):
         if req.logprobs or req.top_logprobs:
             # vLLM returns the top-k plus the chosen token; k=0 gives just the chosen one
             kw["logprobs"] = req.top_logprobs
+        if req.json_schema is not None:
+            kw.update(structured_params(req.json_schema))
         return SamplingParams(**kw)
+
+    def check_json_schema(self, schema: dict) -> None:
+        """The schema checked, and compiled with xgrammar (vLLM's default structured-output backend)
+        when it is installed, so an unsupported one fails before the engine sees it."""
+        from harness.backends.structured import GrammarCache, check_schema
+
+        check_schema(schema)
+        try:
+            import xgrammar  # noqa: F401
+        except ImportError:
+            return
+        if self._grammars is None:
+            self._grammars = GrammarCache(self.tokenizer)
+        self._grammars.compiled(schema)
 
     def generate_sync(self, requests: list[GenRequest]) -> list[GenResult]:
         llm, tok = self.load()
+        for r in requests:  # an uncompilable schema fails the batch before the engine runs
+            if r.json_schema is not None:
+                self.check_json_schema(r.json_schema)
         t0 = time.perf_counter()
         # plan: which engine prompt (and which of its n outputs) answers each request
         prompts, params, plan = [], [], []
@@ -166,3 +186,15 @@ class VLLMBackend(Backend):
     def close(self) -> None:
         self._llm = None
 
+
+def structured_params(schema: dict) -> dict:
+    """``SamplingParams`` keywords constraining the output to ``schema``: ``structured_outputs``
+    (vLLM >= 0.10.2) or ``guided_decoding`` (older), whichever the installed vLLM has."""
+    import vllm.sampling_params as sp
+
+    if hasattr(sp, "StructuredOutputsParams"):
+        return {"structured_outputs": sp.StructuredOutputsParams(json=schema)}
+    if hasattr(sp, "GuidedDecodingParams"):
+        return {"guided_decoding": sp.GuidedDecodingParams(json=schema)}
+    raise RuntimeError("this vLLM has neither StructuredOutputsParams nor GuidedDecodingParams: "
+                       "json_schema needs vLLM >= 0.6")

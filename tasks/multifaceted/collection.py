@@ -10,6 +10,7 @@ Rows, in the formats the trainer consumes:
   written for this system message, ``rejected`` the response written for another system
   message of the same instruction (the next valid variant). This is our reading of how
   JANUS built Multifaceted-Collection-DPO/ORPO; the repository does not contain that code.
+  A pair whose two responses are identical is not written (listed as a failure, stage ``pair``).
 
 Rubrics are not needed for training data and are not generated here.
 """
@@ -53,6 +54,10 @@ async def build_collection(store: StageStore, calls, backend, instructions: list
             sft.append({"id": f"{inst.id}#{k}", "system": system, "instruction": inst.turns[0], "output": output})
             if len(made) > 1:
                 rejected = made[(k + 1) % len(made)][1]
+                if rejected.strip() == output.strip():  # no preference to learn; the trainer would drop it
+                    failures.append({"id": inst.id, "variant": k, "stage": "pair",
+                                     "reason": "chosen and rejected responses are identical"})
+                    continue
                 prefs_rows.append({"id": f"{inst.id}#{k}", "system": system, "instruction": inst.turns[0],
                                    "chosen": output, "rejected": rejected})
     return sft, prefs_rows, failures

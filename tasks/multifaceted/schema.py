@@ -109,3 +109,42 @@ def validate_bench_record(record: Any, where: str, n_rubrics: int | None = 4) ->
     if n_rubrics is not None and len(rec["rubrics"]) != n_rubrics:
         raise SchemaError(f"{where}: field 'rubrics': expected {n_rubrics} rubrics, got {len(rec['rubrics'])}")
     return rec
+
+
+# --------------------------------------------------------------------------- generation schemas
+# What the builders send as a request's ``json_schema`` (constrained decoding): the shape the
+# parsers read, with one entry per JANUS dimension in order and bounded string lengths, so a small
+# generator cannot run out of tokens inside a string. Outputs are still validated afterwards with
+# the schemas above (and against this one). No ``pattern`` here: a decoder matches a pattern
+# against the whole string, jsonschema searches it, and the two would disagree.
+def _gen_text(lo: int, hi: int) -> dict:
+    return {"type": "string", "minLength": lo, "maxLength": hi}
+
+
+def preference_set_generation_schema(dimensions: list[str], max_chars: int = 300) -> dict:
+    """One preference per dimension, in order; free text at most ``max_chars`` characters."""
+    def item(dim: str) -> dict:
+        return {"type": "object",
+                "properties": {"dimension": {"const": dim}, "subdimension": _gen_text(3, min(60, max_chars)),
+                               "preference": _gen_text(10, max_chars), "description": _gen_text(10, max_chars)},
+                "required": ["dimension", "subdimension", "preference", "description"],
+                "additionalProperties": False}
+
+    return {"title": "preference_set", "type": "object",
+            "properties": {"preference_set": {"type": "array", "prefixItems": [item(d) for d in dimensions],
+                                              "items": False, "minItems": len(dimensions),
+                                              "maxItems": len(dimensions)}},
+            "required": ["preference_set"], "additionalProperties": False}
+
+
+def rubric_generation_schema(max_chars: int = 300) -> dict:
+    """A rubric: criteria and the five score descriptions, each at most ``max_chars`` characters."""
+    return {"title": "rubric", "type": "object",
+            "properties": {"criteria": _gen_text(10, max_chars),
+                           "score_descriptions": {"type": "object",
+                                                  "properties": {k: _gen_text(10, max_chars) for k in SCORE_KEYS},
+                                                  "required": SCORE_KEYS, "additionalProperties": False}},
+            "required": ["criteria", "score_descriptions"], "additionalProperties": False}
+
+
+RUBRIC_GENERATION_SCHEMA = rubric_generation_schema()

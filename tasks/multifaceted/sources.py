@@ -160,3 +160,26 @@ def sample_instructions(pool: Pool, targets: dict[str, int] | None = None, seed:
             picked.append(Instance(task=inst.task, id=inst.id, turns=list(inst.turns), source=inst.source,
                                    category=inst.category, metadata=meta))
     return picked
+
+
+def stratified_targets(targets: dict[str, int], n: int) -> dict[str, int]:
+    """``n`` instructions split over the sources of ``targets`` in its proportions (largest
+    remainders; ties by the order of ``targets``), every source getting at least one when ``n``
+    allows. A target of -1 ("all that remain") cannot be scaled and is refused."""
+    if any(not isinstance(k, int) or k < 0 for k in targets.values()):
+        raise ValueError(f"targets: --limit needs explicit counts per source, got {targets}")
+    total = sum(targets.values())
+    if n >= total:
+        return dict(targets)
+    names = [s for s, k in targets.items() if k > 0]
+    exact = {s: n * targets[s] / total for s in names}
+    out = {s: int(exact[s]) for s in names}
+    by_remainder = sorted(names, key=lambda s: -(exact[s] - out[s]))  # stable: order of targets on ties
+    for s in by_remainder[:n - sum(out.values())]:
+        out[s] += 1
+    if n >= len(names):  # a source rounded to zero borrows from the largest one
+        for s in names:
+            if out[s] == 0:
+                out[max(names, key=lambda x: out[x])] -= 1
+                out[s] = 1
+    return {s: out.get(s, 0) for s in targets}

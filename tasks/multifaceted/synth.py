@@ -12,7 +12,7 @@ Outputs (``out_dir``): ``multifaceted_bench.jsonl`` (released schema: ``id, sour
 system, prompt, reference_answer, rubrics``, plus ``preference_set``, ``provenance``,
 ``generator``), ``multifaceted_bench.parquet`` (loadable with
 ``datasets.load_dataset("parquet", data_files=...)``), ``failures.jsonl``,
-``build_report.json`` and ``run.sqlite`` / ``cache.sqlite``.
+``build_report.json`` and ``run.sqlite`` / ``cache.sqlite`` (written by ``build.py``).
 
 The rubric stage uses the JANUS rubric-generation prompt with three example rubrics; the
 examples are the first three rubrics of the JANUS README's example instance (the paper's
@@ -32,7 +32,8 @@ from harness.backends.base import GenRequest
 from harness.records import RECORD_TYPES, Instance, Record, stable_hash
 from judges.base import Parsed
 from tasks.multifaceted import prompts as P
-from tasks.multifaceted.schema import SchemaError, validate_bench_record, validate_preference_set, validate_rubric
+from tasks.multifaceted.schema import (SchemaError, preference_set_generation_schema, rubric_generation_schema,
+                                       validate_bench_record, validate_preference_set, validate_rubric)
 
 BUILD_TASK = "multifaceted_build"
 EXAMPLE_FILE = Path(__file__).with_name("readme_example.json")
@@ -54,6 +55,7 @@ class StageRecord(Record):
     error: str | None = None
     attempts: int = 1
     prompt: list[dict] | None = None
+    completion_tokens: int = 0  # over all attempts (re-asks included)
     kind = "synth_stage"
 
     @property
@@ -70,7 +72,9 @@ def extract_json(text: str):
     """The first JSON object or array in ``text`` (code fences and chatter around it ignored)."""
     if not isinstance(text, str):
         raise ValueError("no text")
-    decoder = json.JSONDecoder()
+    # strict=False: a raw control character (a newline) inside a string is content, not broken
+    # structure; xgrammar's JSON grammar lets them through, and the record is re-serialised anyway
+    decoder = json.JSONDecoder(strict=False)
     for m in re.finditer(r"[\[{]", text):
         try:
             value, _ = decoder.raw_decode(text, m.start())
@@ -174,6 +178,7 @@ class Job:
     stage: str
     messages: list[dict]
     parse: Callable[[str], Any]
+    json_schema: dict | None = None  # sent with the request when ``BuildSettings.structured``
 
 
 # With ``prefill`` the answer of a JSON stage is started for the model (the request continues
@@ -190,7 +195,18 @@ class BuildSettings:
     repetition_penalty: float | None = None
     stage_max_tokens: dict = field(default_factory=dict)  # per-stage override, e.g. {"system": 256}
     variant: int = 0  # several system messages per instruction (collection builder): sample_index
-    prefill: bool = False  # start JSON answers for the model (see JSON_PREFIXES)
+    prefill: bool = False  # start JSON answers for the model (see JSON_PREFIXES); only without structured
+    # JSON stages carry their schema (constrained decoding on hf/vllm, response_format on openai);
+    # the outputs are validated either way
+    structured: bool = True
+    max_field_chars: int = 300  # longest free-text field of a generated preference or rubric
+
+    def __post_init__(self):
+        if self.prefill and self.structured:
+            raise ValueError("build.prefill needs build.structured: false (a constrained decoder writes the "
+                             "whole JSON answer itself)")
+        if not isinstance(self.max_field_chars, int) or self.max_field_chars < 20:
+            raise ValueError(f"build.max_field_chars must be an integer >= 20, got {self.max_field_chars!r}")
 
     def for_stage(self, stage: str) -> dict:
         base = stage.rstrip("0123456789")
@@ -206,9 +222,32 @@ class BenchBuilder:
         self.settings = settings or BuildSettings()
 
     def _hash(self, stage: str, messages: list[dict]) -> str:
-        return stable_hash({"messages": messages, "sampling": self.settings.for_stage(stage),
-                            "variant": self.settings.variant, "prefix": self._prefix(stage),
-                            "prompts": P.HARNESS_PROMPTS_VERSION})
+        content = {"messages": messages, "sampling": self.settings.for_stage(stage),
+                   "variant": self.settings.variant, "prefix": self._prefix(stage),
+                   "prompts": P.HARNESS_PROMPTS_VERSION}
+        schema = self.schema(stage)
+        if schema is not None:  # unset: the hashes of unstructured builds stay as they were
+            content["json_schema"] = schema
+        return stable_hash(content)
+
+    def schema(self, stage: str) -> dict | None:
+        """The JSON schema a stage's request carries (None for plain-text stages)."""
+        if not self.settings.structured:
+            return None
+        base = stage.rstrip("0123456789")
+        if base == "preference_set":
+            return preference_set_generation_schema(P.DIMENSIONS, self.settings.max_field_chars)
+        if base == "rubric":
+            return rubric_generation_schema(self.settings.max_field_chars)
+        return None
+
+    def check_schemas(self) -> None:
+        """Every stage schema compiled by the backend before any generation: a schema it cannot
+        honour is one clear error naming the schema, not a build of failed calls."""
+        for stage in ("preference_set", "rubric"):
+            schema = self.schema(stage)
+            if schema is not None:
+                self.backend.check_json_schema(schema)
 
     def _prefix(self, stage: str) -> str:
         return JSON_PREFIXES.get(stage.rstrip("0123456789"), "") if self.settings.prefill else ""
@@ -217,7 +256,7 @@ class BenchBuilder:
         prefix = self._prefix(job.stage)
         messages = job.messages + ([{"role": "assistant", "content": prefix}] if prefix else [])
         return GenRequest(messages=messages, continue_final_message=bool(prefix), sample_index=self.settings.variant,
-                          **self.settings.for_stage(job.stage))
+                          json_schema=self.schema(job.stage), **self.settings.for_stage(job.stage))
 
     def _key(self, job: Job) -> str:
         return StageRecord(BUILD_TASK, job.instance_id, job.stage, self.backend.model_id,
@@ -234,8 +273,10 @@ class BenchBuilder:
         if not todo:
             return counts
         reqs = [self._request(j) for j in todo]
+        tokens = [0] * len(todo)  # generated tokens of every attempt
 
         def parse(res, i) -> Parsed:
+            tokens[i] += res.completion_tokens
             try:
                 return Parsed(todo[i].parse(self._prefix(todo[i].stage) + res.text), True)
             except (ValueError, TypeError, KeyError, AttributeError) as e:  # SchemaError is a ValueError
@@ -248,7 +289,8 @@ class BenchBuilder:
             rec = StageRecord(BUILD_TASK, job.instance_id, job.stage, self.backend.model_id,
                               self._hash(job.stage, job.messages), value=parsed.value if ok else None,
                               raw=res.text if res.error is None else None, status="ok" if ok else "failed",
-                              error=reason, attempts=attempts, prompt=reqs[i].messages)
+                              error=reason, attempts=attempts, prompt=reqs[i].messages,
+                              completion_tokens=tokens[i] or res.completion_tokens)
             counts["ok" if ok else "failed"] += 1
             self.store.put(rec)
 
@@ -286,6 +328,7 @@ class BenchBuilder:
     async def run(self, instances: list[Instance], stages=STAGES) -> dict:
         steps = {"preference_set": self.preference_jobs, "system": self.system_jobs,
                  "rubrics": self.rubric_jobs, "reference": self.reference_jobs}
+        self.check_schemas()
         summary = {}
         for stage in stages:
             summary[stage] = await self.run_jobs(steps[stage](instances))
@@ -333,90 +376,15 @@ class _Incomplete(Exception):
         self.stage, self.reason = stage, reason
 
 
-# --------------------------------------------------------------------------- output files
-def write_outputs(out_dir: Path, records: list[dict], failures: list[dict], summary: dict) -> Path:
-    from harness.store import atomic_write_text, write_jsonl
-
-    bench = out_dir / "multifaceted_bench.jsonl"
-    write_jsonl(bench, records)
-    write_jsonl(out_dir / "failures.jsonl", failures)
-    if records:
-        write_parquet(out_dir / "multifaceted_bench.parquet", records)
-    report = {"instances": len(records) + len(failures), "valid": len(records), "failed": len(failures),
-              "stages": summary, "failures": failures}
-    atomic_write_text(out_dir / "build_report.json", json.dumps(report, indent=2))
-    return bench
+# The config entry point and the output files live in ``build.py`` (which imports this module);
+# these names stay importable from here.
+_MOVED = ("build_from_config", "load_build_config", "make_generator", "write_outputs", "write_parquet",
+          "CONFIG_FIELDS")
 
 
-def write_parquet(path: Path, records: list[dict]) -> None:
-    """A file ``datasets.load_dataset("parquet", data_files=...)`` reads; written via a temp file."""
-    import pandas as pd
+def __getattr__(name):
+    if name in _MOVED:
+        from tasks.multifaceted import build
 
-    from harness.paths import staged
-
-    with staged(path) as tmp:
-        pd.DataFrame(records).to_parquet(tmp, index=False)
-
-
-# --------------------------------------------------------------------------- config entry point
-CONFIG_FIELDS = {"name", "seed", "data_dir", "out", "targets", "sources", "generator", "calls", "build"}
-
-
-def load_build_config(config_path: str | Path) -> dict:
-    import yaml
-
-    path = Path(config_path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: build config not found")
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    unknown = sorted(set(cfg) - CONFIG_FIELDS)
-    if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")
-    if not isinstance(cfg.get("generator"), dict):
-        raise ValueError(f"{path}: field 'generator' (backend, model, ...) is required")
-    return cfg
-
-
-def make_generator(gen: dict, where: str):
-    from harness.config import ModelConfig
-    from harness.pipeline import make_backend
-
-    try:
-        mcfg = ModelConfig(**{"name": gen.get("name", gen.get("model", "generator")), **gen})
-    except TypeError as e:
-        raise ValueError(f"{where}: field 'generator': {e}") from e
-    return mcfg, make_backend(mcfg)
-
-
-def build_from_config(config_path: str, out_dir: str | None = None, limit: int | None = None) -> Path:
-    """``harness bench build multifaceted --config FILE``: returns the bench JSONL path."""
-    from harness.calls import CallLayer, CallSettings
-    from harness.data import data_dir as default_data_dir
-    from tasks.multifaceted.sources import SOURCES, build_pool, sample_instructions
-
-    cfg = load_build_config(config_path)
-    out = Path(out_dir or cfg.get("out") or f"runs/{cfg.get('name', 'multifaceted_build')}")
-    data = Path(cfg["data_dir"]) if cfg.get("data_dir") else default_data_dir()
-    pool = build_pool(data, cfg.get("sources", SOURCES))
-    instances = sample_instructions(pool, cfg.get("targets"), seed=int(cfg.get("seed", 0)))
-    if limit:
-        instances = instances[:limit]
-    mcfg, backend = make_generator(cfg["generator"], str(config_path))
-    try:
-        settings = BuildSettings(**{**mcfg.generation, **(cfg.get("build") or {})})
-    except TypeError as e:
-        raise ValueError(f"{config_path}: field 'generator.generation' or 'build': {e}") from e
-    out.mkdir(parents=True, exist_ok=True)
-    store = StageStore(out)
-    calls = CallLayer(out / "cache.sqlite", CallSettings.from_dict(cfg.get("calls")))
-    try:
-        builder = BenchBuilder(store, calls, backend, settings)
-        summary = asyncio.run(builder.run(instances))
-        records, failures = builder.assemble(instances)
-        return write_outputs(out, records, failures, summary)
-    finally:
-        calls.close()
-        store.close()
-        backend.close()
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
