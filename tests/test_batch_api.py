@@ -159,16 +159,21 @@ def judgment_rows(run) -> dict:
     return {k: json.loads(d) for k, d in rows}
 
 
+def batch_config(tmp_path, data_dir, srv, limit: int, **extra):
+    """A config file: the scripted writer, an OpenAI judge on the loopback batch server, MT-Bench."""
+    raw = {"name": "b", "data_dir": str(data_dir),
+           "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
+           "judge": {"name": "j", "backend": "openai", "model": "judge", "base_url": srv.base_url,
+                     "api_key_env": "HARNESS_TEST_KEY"},
+           "tasks": [{"name": "mt_bench", "limit": limit}], **extra}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    return raw
+
+
 def test_pipeline_batch_judging_equals_online_judging(tmp_path, data_dir):
     app = build_batch_app(ScriptedBackend(), "judge", step=4)
     with ServerThread(app) as srv:
-        raw = {"name": "b", "data_dir": str(data_dir),
-               "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
-               "judge": {"name": "j", "backend": "openai", "model": "judge", "base_url": srv.base_url,
-                         "api_key_env": "HARNESS_TEST_KEY"},
-               "tasks": [{"name": "mt_bench", "limit": 6}],
-               "calls": {"concurrency": 4, "backoff_base_s": 0.01}}
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        batch_config(tmp_path, data_dir, srv, 6, calls={"concurrency": 4, "backoff_base_s": 0.01})
         cfg = load_config(tmp_path / "c.yaml")
         report = asyncio.run(batch_judge(cfg, tmp_path / "batch", poll_interval_s=0))
         assert report.requests == 12 and report.received == 12 and report.missing == 0
@@ -187,12 +192,7 @@ def test_cli_no_wait_then_collect(tmp_path, data_dir, capsys):
 
     app = build_batch_app(ScriptedBackend(), "judge")
     with ServerThread(app) as srv:
-        raw = {"name": "b", "data_dir": str(data_dir),
-               "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
-               "judge": {"name": "j", "backend": "openai", "model": "judge", "base_url": srv.base_url,
-                         "api_key_env": "HARNESS_TEST_KEY"},
-               "tasks": [{"name": "mt_bench", "limit": 3}]}
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        raw = batch_config(tmp_path, data_dir, srv, 3)
         args = ["batch", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--poll-interval", "0"]
         assert main(args + ["--no-wait"]) == 0
         assert "batch still running" in capsys.readouterr().out
@@ -214,12 +214,7 @@ def test_rerun_after_a_batch_answers_from_the_cache(tmp_path, data_dir):
     over the same directory afterwards sends nothing and stores the same judgments."""
     app = build_batch_app(ScriptedBackend(), "judge")
     with ServerThread(app) as srv:
-        raw = {"name": "b", "data_dir": str(data_dir),
-               "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
-               "judge": {"name": "j", "backend": "openai", "model": "judge", "base_url": srv.base_url,
-                         "api_key_env": "HARNESS_TEST_KEY"},
-               "tasks": [{"name": "mt_bench", "limit": 2}]}
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        batch_config(tmp_path, data_dir, srv, 2)
         report = asyncio.run(batch_judge(load_config(tmp_path / "c.yaml"), tmp_path / "run", poll_interval_s=0))
         assert report.received == 4 and report.missing == 0 and not report.pending
         before = judgment_rows(tmp_path / "run")
@@ -231,11 +226,9 @@ def test_rerun_after_a_batch_answers_from_the_cache(tmp_path, data_dir):
 def test_a_task_with_its_own_judge_model_is_batched_with_that_model(tmp_path, data_dir):
     app = build_batch_app(ScriptedBackend(), "judge")
     with ServerThread(app) as srv:
-        raw = {"name": "b", "data_dir": str(data_dir),
-               "models": [{"name": "m1", "backend": "scripted", "model": "writer"}],
-               "tasks": [{"name": "mt_bench", "limit": 2,
-                          "judge_model": {"name": "gpt4-judge", "backend": "openai", "model": "judge",
-                                          "base_url": srv.base_url, "api_key_env": "HARNESS_TEST_KEY"}}]}
+        raw = batch_config(tmp_path, data_dir, srv, 2)
+        judge = raw.pop("judge")  # no run-wide judge: the task names its own
+        raw["tasks"][0]["judge_model"] = dict(judge, name="gpt4-judge")
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
         report = asyncio.run(batch_judge(load_config(tmp_path / "c.yaml"), tmp_path / "run", poll_interval_s=0))
         assert report.received == 4 and report.missing == 0 and app.state.counters["requests"] == 0
