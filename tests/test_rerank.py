@@ -601,3 +601,19 @@ def test_an_instance_without_n_scored_samples_gets_no_best_of_n(tmp_path, seq_cl
     store = RunStore(tmp_path / "run")
     assert {c.instance_id for c in store.all("completion", model="pool@bo4[seqcls-rm]")} == {"q0", "q1"}
     assert len(store.all("completion", model="pool@bo2[seqcls-rm]")) == 3
+
+
+def test_janus_format_conversation_text(value_head_rm):
+    """A value-head (JANUS-RM) model reads a conversation in the Mistral multi-turn form; one turn is the
+    single-answer reward text exactly."""
+    from harness.backends.reward_model import load_reward_model
+
+    rm = load_reward_model(value_head_rm)
+    tok = rm.tokenizer
+    assert rm.format.name == "janus-mistral"
+    eos = tok.eos_token
+    text = f"[INST] Be brief.\nq one [/INST] a one{eos}[INST] q two [/INST] a two {eos}"
+    assert rm.encode("Be brief.", ["q one", "q two"], ["a one", "a two"]) == list(tok(text)["input_ids"])
+    assert rm.encode("Be brief.", ["q one"], ["a one"]) == rm.encode("Be brief.", "q one", "a one")
+    with pytest.raises(ValueError, match="2 turns for 1 answers"):
+        rm.encode(None, ["a", "b"], ["x"])
