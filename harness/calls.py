@@ -198,7 +198,6 @@ class CallLayer:
             copies.setdefault(keys[i], []).append(i)
         batches = self._batches(backend, requests, [group[0] for group in copies.values()])
         conc = self.settings.concurrency or getattr(backend, "default_concurrency", 1)
-        sem = asyncio.Semaphore(conc)
         limiter = self._limiter(backend)
         timeout = None if getattr(backend, "local", False) else self.settings.timeout_s
         price = _price(self.settings.prices, model_id, getattr(backend, "model", ""))
@@ -225,37 +224,42 @@ class CallLayer:
 
         async def one(batch: list[int]) -> None:
             reqs = [requests[i] for i in batch]
-            async with sem:
-                if self.settings.max_cost is not None and self.stats.cost + stats.cost >= self.settings.max_cost:
-                    raise BudgetExceeded(f"cost limit ${self.settings.max_cost:.4f} reached "
-                                         f"(spent ${self.stats.cost + stats.cost:.4f}); rerun with a higher "
-                                         f"--max-cost to continue")
-                try:
-                    outs, err = await self._call(backend, reqs, stats, limiter, timeout), None
-                except Exception as e:  # retries exhausted or a permanent error
-                    err = f"{type(e).__name__}: {e}"
-                    outs = None
-                if outs is None:
-                    outs = [result_cls(error=redact(err, self.secrets)) for _ in batch]
-                    stats.failed += sum(len(copies[keys[i]]) for i in batch)
-                rows = []
-                for i, res in zip(batch, outs):
-                    if res.error is None:
-                        if price:
-                            res.cost = (getattr(res, "prompt_tokens", 0) * price.get("prompt", 0.0)
-                                        + getattr(res, "completion_tokens", 0) * price.get("completion", 0.0)) / 1e6
-                        rows.append((keys[i], model_id, res.to_dict()))
-                        stats.prompt_tokens += getattr(res, "prompt_tokens", 0)
-                        stats.completion_tokens += getattr(res, "completion_tokens", 0)
-                        stats.cost += getattr(res, "cost", 0.0)
-                    for j in copies[keys[i]]:
-                        results[j] = res
-                # still holding the slot: a call is in flight until its result is committed, so a
-                # kill costs at most `concurrency` calls
-                await group.add((batch, rows))
+            if self.settings.max_cost is not None and self.stats.cost + stats.cost >= self.settings.max_cost:
+                raise BudgetExceeded(f"cost limit ${self.settings.max_cost:.4f} reached "
+                                     f"(spent ${self.stats.cost + stats.cost:.4f}); rerun with a higher "
+                                     f"--max-cost to continue")
+            try:
+                outs, err = await self._call(backend, reqs, stats, limiter, timeout), None
+            except Exception as e:  # retries exhausted or a permanent error
+                err = f"{type(e).__name__}: {e}"
+                outs = None
+            if outs is None:
+                outs = [result_cls(error=redact(err, self.secrets)) for _ in batch]
+                stats.failed += sum(len(copies[keys[i]]) for i in batch)
+            rows = []
+            for i, res in zip(batch, outs):
+                if res.error is None:
+                    if price:
+                        res.cost = (getattr(res, "prompt_tokens", 0) * price.get("prompt", 0.0)
+                                    + getattr(res, "completion_tokens", 0) * price.get("completion", 0.0)) / 1e6
+                    rows.append((keys[i], model_id, res.to_dict()))
+                    stats.prompt_tokens += getattr(res, "prompt_tokens", 0)
+                    stats.completion_tokens += getattr(res, "completion_tokens", 0)
+                    stats.cost += getattr(res, "cost", 0.0)
+                for j in copies[keys[i]]:
+                    results[j] = res
+            # the worker takes its next batch only once this one is committed: a kill costs at most
+            # `concurrency` calls
+            await group.add((batch, rows))
+
+        todo = iter(batches)
+
+        async def worker() -> None:  # `conc` workers over one iterator: at most `conc` calls at a time
+            for batch in todo:
+                await one(batch)
 
         try:
-            await asyncio.gather(*(one(b) for b in batches))
+            await asyncio.gather(*(worker() for _ in range(min(conc, len(batches)))))
         finally:
             if progress is not None:
                 progress.close()
