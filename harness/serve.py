@@ -5,7 +5,9 @@ completions, ``n`` > 1, logprobs/top_logprobs, and vLLM's ``continue_final_messa
 extension (used for logprob scoring). Concurrent requests are gathered into batches
 for the backend. ``/v1/completions`` also takes token-id prompts, several prompts per
 request and ``echo`` with ``logprobs`` (prompt log-probabilities), which is what
-lm-eval's ``local-completions`` model needs (``harness/serve_completions.py``).
+lm-eval's ``local-completions`` model needs (``harness/serve_completions.py``). ``response_format``
+(``json_schema`` or ``json_object``) on either endpoint becomes the requests' JSON schema, honoured
+by the backend (the hf backend decodes under it); a schema it cannot compile is an HTTP 400.
 
 Fault injection, to test a client's reliability: with --fault-rate P each request fails
 with probability P, the kind drawn uniformly from --fault-kinds (default: all):

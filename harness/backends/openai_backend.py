@@ -9,6 +9,10 @@ chat and completion calls go by default through a light keep-alive HTTP client
 (``harness.backends.http_light``): about a tenth of the SDK's CPU per call, which is what
 limits a client against a fast local server. ``https://`` URLs, OpenAI itself and URLs
 reached through a proxy keep the SDK; ``transport: sdk`` or ``light`` forces one.
+
+A request's ``json_schema`` is sent as ``response_format: {"type": "json_schema", ...}`` on both
+transports (OpenAI, vLLM's server and ``harness serve`` honour it); a server may still ignore it, so
+callers validate the text (the Multifaceted builders do).
 """
 from __future__ import annotations
 

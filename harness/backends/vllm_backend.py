@@ -10,6 +10,9 @@ prompt with ``n`` samples (vLLM's fast path). With a seed each sample gets its o
 seed derived from (seed, sample index, prompt), so a resumed run that regenerates only
 the missing samples gets the same ones it would have got the first time.
 
+A request's ``json_schema`` becomes vLLM's structured outputs (``StructuredOutputsParams``, or
+``GuidedDecodingParams`` on older vLLM), checked and compiled with xgrammar before the engine runs.
+
 vLLM starts its engine core in a spawned process: scripts that create this backend
 need an ``if __name__ == "__main__":`` guard (or ``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
 """

@@ -10,7 +10,8 @@ Default mix: the paper gives only the total (921 prompts from the five benchmark
 per-source counts are in no file reachable here (JANUS README, Makefile and code, and
 the source repositories). ``DEFAULT_TARGETS`` is therefore OUR choice, summing to 921:
 all 80 MT-Bench first turns, 100 Koala prompts, and the rest spread over AlpacaEval 2.0,
-FLASK and Self-Instruct. Pass ``targets`` to use any other mix.
+FLASK and Self-Instruct. Pass ``targets`` to use any other mix. ``stratified_targets`` scales a
+mix down to N instructions (``--limit N``).
 """
 from __future__ import annotations
 

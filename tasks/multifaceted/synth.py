@@ -14,6 +14,11 @@ system, prompt, reference_answer, rubrics``, plus ``preference_set``, ``provenan
 ``datasets.load_dataset("parquet", data_files=...)``), ``failures.jsonl``,
 ``build_report.json`` and ``run.sqlite`` / ``cache.sqlite`` (written by ``build.py``).
 
+The JSON stages (preference set, rubrics) send their schema with the request
+(``BuildSettings.structured``, on by default; ``schema.preference_set_generation_schema``): the hf and
+vllm backends decode under it, openai sends it as ``response_format``. The parsers validate every
+answer against the bench schemas all the same.
+
 The rubric stage uses the JANUS rubric-generation prompt with three example rubrics; the
 examples are the first three rubrics of the JANUS README's example instance (the paper's
 own examples are not published in the repository). The preference and system-message
