@@ -282,34 +282,43 @@ def best_of_n(rows: list[dict], path, judged: list[dict] | None = None) -> Path 
 
 
 def significance_matrix(result: dict, task: str, path) -> Path | None:
-    """Heatmap of mean differences (row model minus column model); '*' = significant after Holm."""
+    """Heatmap of mean differences (row model minus column model); '*' = significant after Holm. When every
+    comparison has one reference (a baseline), one column: each model against it."""
     rows = [r for r in result["comparisons"] if r["task"] == task and "diff" in r]
     if not rows:
         return None
-    names = sorted({r["model"] for r in rows} | {r["reference"] for r in rows})
-    idx = {m: i for i, m in enumerate(names)}
-    mat = np.full((len(names), len(names)), np.nan)
+    refs = sorted({r["reference"] for r in rows})
+    one_ref = len(refs) == 1
+    names = sorted({r["model"] for r in rows} | ({*refs} if not one_ref else set()))
+    cols = refs if one_ref else names
+    idx, jdx = {m: i for i, m in enumerate(names)}, {m: j for j, m in enumerate(cols)}
+    mat = np.full((len(names), len(cols)), np.nan)
     sig = np.zeros_like(mat, dtype=bool)
     for r in rows:
-        i, j = idx[r["model"]], idx[r["reference"]]
-        mat[i, j], mat[j, i] = r["diff"], -r["diff"]
-        sig[i, j] = sig[j, i] = r["significant"]
+        i, j = idx[r["model"]], jdx[r["reference"]]
+        mat[i, j], sig[i, j] = r["diff"], r["significant"]
+        if not one_ref:  # the mirrored cell: column minus row
+            mat[idx[r["reference"]], jdx[r["model"]]] = -r["diff"]
+            sig[idx[r["reference"]], jdx[r["model"]]] = r["significant"]
     lim = np.nanmax(np.abs(mat)) or 1.0
-    size = min(PAGE - 1, max(COLUMN - 0.6, 0.22 * len(names) + 1.6))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    height = min(PAGE - 1, max(1.6, 0.16 * len(names) + 1.2))
+    width = COLUMN if one_ref else min(PAGE, height + 1)
+    fig, ax = plt.subplots(figsize=(width, height))
     # pcolormesh draws one rectangle per cell (imshow would resample a 300-dpi image)
     im = ax.pcolormesh(np.ma.masked_invalid(mat), cmap="RdBu", vmin=-lim, vmax=lim)
     ax.invert_yaxis()
-    ax.set_aspect("equal")
-    ax.set_xticks(np.arange(len(names)) + 0.5, [_t(n) for n in names], rotation=60, ha="right")
+    if not one_ref:
+        ax.set_aspect("equal")
+    ax.set_xticks(np.arange(len(cols)) + 0.5, [_t(n) for n in cols], rotation=0 if one_ref else 60,
+                  ha="center" if one_ref else "right")
     ax.set_yticks(np.arange(len(names)) + 0.5, [_t(n) for n in names])
     if len(names) <= 25:
-        for i in range(len(names)):
-            for j in range(len(names)):
-                if np.isfinite(mat[i, j]):
-                    color = "white" if abs(mat[i, j]) > 0.6 * lim else "black"
-                    ax.text(j + 0.5, i + 0.5, f"{mat[i, j]:.2g}{'*' if sig[i, j] else ''}", ha="center",
-                            va="center", fontsize=4 if len(names) > 12 else 6, color=color)
-    fig.colorbar(im, ax=ax, label="mean difference (row − column)")
-    ax.set_title(_t(f"{task}: paired differences (* = Holm-significant)"))
+        small = len(cols) > 12
+        for i, j in zip(*np.nonzero(np.isfinite(mat))):
+            color = "white" if abs(mat[i, j]) > 0.6 * lim else "black"
+            ax.text(j + 0.5, i + 0.5, f"{mat[i, j]:.2g}{'*' if sig[i, j] else ''}", ha="center",
+                    va="center", fontsize=4 if small else 6, color=color)
+    fig.colorbar(im, ax=ax, label="mean difference, row − column")
+    im.colorbar.ax.yaxis.label.set_size(6)
+    ax.set_title(_t(f"{task}: paired differences\n(* = Holm-significant)"))
     return _save(fig, path)

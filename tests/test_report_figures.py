@@ -122,3 +122,14 @@ def test_dimension_radar_draws_the_table_values_and_says_who_is_left_out(capture
         assert ln.get_label() == f"m{i}"
     assert f"first {figures.RADAR_MODELS} of 10 models" in ax.get_title()
     assert [t.get_text() for t in ax.get_xticklabels()] == [d.replace(" ", "\n") for d in dims]
+
+
+def test_significance_matrix_against_a_baseline_is_one_column_of_the_differences(captured, tmp_path):
+    comps = [{"task": "t", "model": m, "reference": "base", "diff": d, "significant": d > 0.5}
+             for m, d in (("b", 0.7), ("a", -0.2), ("c", 0.1))]
+    plots.significance_matrix({"comparisons": comps}, "t", tmp_path / "s.png")
+    ax = captured[-1].axes[0]
+    mesh = ax.collections[0].get_array()
+    assert mesh.shape == (3, 1) and list(mesh[:, 0]) == [-0.2, 0.7, 0.1]  # rows a, b, c
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base"]
+    assert sorted(t.get_text() for t in ax.texts) == ["-0.2", "0.1", "0.7*"]
