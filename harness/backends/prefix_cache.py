@@ -77,14 +77,13 @@ def _plan(rows, seg: list[int], lcp: list[int], base: int, min_shared: int) -> t
     width = max(len(rows[i]) for i in seg)
     if len(seg) == 1:
         return width - base, [(base, seg, seg[0])]
-    p = min(min(lcp), min(len(rows[i]) for i in seg) - 1)
+    shortest = min(lcp)
+    p = min(shortest, min(len(rows[i]) for i in seg) - 1)
     if p - base < min_shared:  # not worth its own forward pass: one batch from base
         p = base
     flat = (p - base + len(seg) * (width - p), [(p, seg, seg[0])])
     # or split where the common prefix is shortest, each part extending prefix p
-    cuts = [j + 1 for j, x in enumerate(lcp) if x <= p]
-    if not cuts:
-        return flat
+    cuts = [j + 1 for j, x in enumerate(lcp) if x == shortest]
     cost, out, single = p - base, ([(p, [], seg[0])] if p > base else []), []
     for lo, hi in zip([0] + cuts, cuts + [len(seg)]):
         if hi - lo == 1:  # shares nothing more with the others: batched together below
