@@ -13,6 +13,7 @@ any generation starts.
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 from harness.records import stable_hash
@@ -80,6 +81,7 @@ class GrammarCache:
                         json.dumps(schema), any_whitespace=False, strict_mode=True)
                 except RuntimeError as e:  # xgrammar reports unsupported features this way
                     reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                    reason = re.sub(r"^\[[^\]]*\]\s*\S+:\d+:\s*", "", reason)  # "[time] file.cc:83: "
                     raise SchemaCompileError(f"{where}: schema {schema_name(schema)} cannot be compiled for "
                                              f"constrained decoding: {reason}") from None
             return self._grammars[key]
