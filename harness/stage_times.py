@@ -41,14 +41,16 @@ def stage(rows: list, calls, name: str, task: str | None = None, model: str | No
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'stage':10s} {'task':24s} {'model':22s} {'wall s':>8s} {'calls':>7s} {'cached':>7s} " \
-           f"{'prompt tok':>10s} {'compl tok':>9s} {'tok/s':>8s}"
-    lines = [head]
+    """The stage rows as a fixed-width table; tokens/s only for local engines ("-" otherwise)."""
+    def rate(x):
+        return f"{x:.1f}" if x is not None else "-"
+
+    lines = [f"{'stage':10s} {'task':24s} {'model':22s} {'wall s':>8s} {'calls':>7s} {'cached':>7s} "
+             f"{'prompt tok':>10s} {'compl tok':>9s} {'prompt tok/s':>12s} {'compl tok/s':>11s}"]
     for r in rows:
-        tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") is not None else "-"
         lines.append(f"{r['stage']:10s} {(r.get('task') or '-')[:24]:24s} {(r.get('model') or '-')[:22]:22s} "
                      f"{r['wall_s']:8.2f} {r['requests']:7d} {r['cached']:7d} {r['prompt_tokens']:10d} "
-                     f"{r['completion_tokens']:9d} {tps:>8s}")
-    total = sum(r["wall_s"] for r in rows)
-    lines.append(f"{'total':10s} {'':24s} {'':22s} {total:8.2f}")
+                     f"{r['completion_tokens']:9d} {rate(r.get('prompt_tokens_per_s')):>12s} "
+                     f"{rate(r.get('tokens_per_s')):>11s}")
+    lines.append(f"{'total':10s} {'':24s} {'':22s} {sum(r['wall_s'] for r in rows):8.2f}")
     return "\n".join(lines)
