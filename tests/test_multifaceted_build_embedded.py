@@ -103,6 +103,40 @@ def test_build_report_measures_the_build(tmp_path, data_dir):
     assert SCHEMAS["preference_set"] == 8 + 1 and SCHEMAS["rubric"] >= 1
 
 
+class Truncating(StageGen):
+    """Preference sets need 100 tokens: a smaller budget cuts the JSON (finish_reason length)."""
+
+    name = "embedded-build-truncating-gen"
+    budgets: list = []
+
+    async def generate(self, requests):
+        out = await super().generate(requests)
+        for r, res in zip(requests, out):
+            if r.messages[0]["content"] == P.SYSTEM_PROMPT_PREFERENCE_SET:
+                self.budgets.append(r.max_tokens)
+                if r.max_tokens < 100:
+                    res.text, res.finish_reason = res.text[:len(res.text) // 2], "length"
+        return out
+
+
+BACKENDS.register(Truncating.name, Truncating)
+
+
+def test_json_cut_by_the_token_budget_is_reasked_with_twice_the_budget(tmp_path, data_dir):
+    cfg = tmp_path / "build.yaml"
+    cfg.write_text(f"name: t\nseed: 5\ndata_dir: {data_dir}\ntargets: {{koala: 1}}\n"
+                   f"generator: {{backend: {Truncating.name}, model: g, generation: {{max_tokens: 60}}}}\n"
+                   "calls: {parse_retries: 2}\n")
+    Truncating.budgets.clear()
+    out = build_from_config(str(cfg), str(tmp_path / "out"))
+    assert Truncating.budgets == [60, 120] and len(load_instances(out)) == 1
+    # with no re-ask left, the failure says why
+    cfg.write_text(cfg.read_text().replace("parse_retries: 2", "parse_retries: 0"))
+    build_from_config(str(cfg), str(tmp_path / "out2"))
+    report = json.loads((tmp_path / "out2" / "build_report.json").read_text())
+    assert "cut at max_tokens=60" in report["failures"][0]["reason"]
+
+
 @pytest.mark.slow
 def test_embedded_smollm2_builds_valid_instances(tmp_path, data_dir):
     """The demo config on the real SmolLM2-135M: constrained decoding makes the JSON stages valid."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -279,13 +279,23 @@ class BenchBuilder:
             return counts
         reqs = [self._request(j) for j in todo]
         tokens = [0] * len(todo)  # generated tokens of every attempt
+        budget = [r.max_tokens for r in reqs]  # of the latest attempt
 
         def parse(res, i) -> Parsed:
             tokens[i] += res.completion_tokens
             try:
                 return Parsed(todo[i].parse(self._prefix(todo[i].stage) + res.text), True)
             except (ValueError, TypeError, KeyError, AttributeError) as e:  # SchemaError is a ValueError
-                return Parsed(None, False, str(e))
+                cut = f" (the answer was cut at max_tokens={budget[i]})" if res.finish_reason == "length" else ""
+                return Parsed(None, False, f"{e}{cut}")
+
+        def reask(i, req, res, parsed):
+            # a JSON answer cut off by the token budget would be cut again: re-ask with twice the budget
+            nxt = self.calls.reask_same(req)
+            if res.finish_reason == "length" and req.json_schema is not None:
+                nxt = replace(nxt, max_tokens=req.max_tokens * 2)
+            budget[i] = nxt.max_tokens
+            return nxt
 
         def on_final(i, res, parsed, attempts) -> None:
             job = todo[i]
@@ -299,7 +309,7 @@ class BenchBuilder:
             counts["ok" if ok else "failed"] += 1
             self.store.put(rec)
 
-        await self.calls.run_parsed(self.backend, reqs, parse, on_final=on_final)
+        await self.calls.run_parsed(self.backend, reqs, parse, on_final=on_final, reask=reask)
         return counts
 
     # one step per stage; each reads the previous stage's stored records
