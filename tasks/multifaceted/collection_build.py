@@ -24,8 +24,9 @@ from tasks.multifaceted.build import CONFIG_FIELDS, load_build_config, open_gene
 COLLECTION_FIELDS = CONFIG_FIELDS | {"bench", "n_variants"}
 
 
-def bench_keys(spec, data_dir: Path, where: str) -> set[str]:
-    """Normalised texts of the bench's instructions (``bench:`` one path or a list of paths)."""
+def bench_keys(spec, data_dir: Path, where: str, base: Path | None = None) -> set[str]:
+    """Normalised texts of the bench's instructions (``bench:`` one path or a list of paths, relative
+    to the working directory or else to ``base``, the collection config's folder)."""
     from tasks.multifaceted.release import load_release_records
     from tasks.multifaceted.sources import SOURCES, build_pool, normalise_text, sample_instructions
 
@@ -35,6 +36,8 @@ def bench_keys(spec, data_dir: Path, where: str) -> set[str]:
     keys: set[str] = set()
     for item in spec if isinstance(spec, list) else [spec]:
         path = Path(str(item))
+        if not path.exists() and base is not None and not path.is_absolute() and (base / path).exists():
+            path = base / path
         if not path.exists():
             raise FileNotFoundError(f"{where}: field 'bench': {path} not found")
         if path.suffix in (".yaml", ".yml"):
@@ -71,7 +74,7 @@ def build_collection_from_config(config_path: str, out_dir: str | None = None, l
                          f"variants), got {n_variants!r}")
     out = Path(out_dir or cfg.get("out") or f"runs/{cfg.get('name', 'multifaceted_collection')}")
     data = Path(cfg["data_dir"]) if cfg.get("data_dir") else default_data_dir()
-    exclude = bench_keys(cfg.get("bench"), data, where)
+    exclude = bench_keys(cfg.get("bench"), data, where, Path(config_path).parent)
     pool, removed = disjoint_pool(build_pool(data, cfg.get("sources", SOURCES)), exclude)
     instructions = select(cfg, pool, limit, where)
     overlap = sum(normalise_text(i.turns[0]) in exclude for i in instructions)
