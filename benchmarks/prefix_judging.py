@@ -5,9 +5,11 @@ tokens) on the README example: per answer, in the same run, one rubric on today'
 (``generate``), its 4 rubrics on today's path, and its 4 rubrics on the shared-prefix path
 (a fresh prefix cache each time, so nothing carries over between answers). Prints the times,
 the ratios to one rubric (goal: 4 rubrics shared <= 1.5x one rubric) and the largest score
-difference between the paths (must be <= 1e-5).
+difference between the paths (must be <= 1e-5). ``--served`` also judges all the answers through
+the local judge path (the call layer -> ``harness serve`` over hf, concurrency 16), once with
+prefix sharing off and once on.
 
-    OMP_NUM_THREADS=1 python benchmarks/prefix_judging.py [--answers 3] [--words 120] [--model default]
+    OMP_NUM_THREADS=1 python benchmarks/prefix_judging.py [--answers 3] [--words 120] [--model default] [--served]
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--answers", type=int, default=3)
     ap.add_argument("--words", type=int, default=120, help="length of each answer judged, in words")
+    ap.add_argument("--served", action="store_true", help="also time the judge behind harness serve")
     a = ap.parse_args()
     from harness.backends.hf import HFBackend
     from harness.backends.prefix_cache import PrefixCache
@@ -40,12 +43,13 @@ def main() -> None:
     shared = HFBackend(a.model)
     shared._model, shared._tok = plain.load()
     tok = plain.tokenizer
-    rows, diff = [], 0.0
+    rows, diff, every = [], 0.0, []
     for k in range(a.answers):
         inst = record_to_instance(dict(rec, id=f"i{k}"), k)
         text = " ".join(f"Sentence {j} of answer {k} says something relevant." for j in range(a.words // 7 + 1))
         calls = judge.calls(inst, Completion("multifaceted_bench", inst.id, "m", [text]))
         reqs = [Run._judge_request(c) for c in calls]
+        every += list(zip(calls, reqs))
         if k == 0:
             plain.generate_sync(reqs[:1])  # warm-up
         t0 = time.perf_counter()
@@ -74,6 +78,35 @@ def main() -> None:
     print(f"total: 4 rubrics shared / 1 rubric = {sh / one:.2f}x (goal <= 1.5x); unshared {four / one:.2f}x; "
           f"shared is {four / sh:.2f}x faster than unshared")
     print(f"largest score difference shared vs unshared: {diff:.2e} (must be <= 1e-5)")
+    if a.served:
+        served(plain, every, judge)
+
+
+def served(plain, every, judge) -> None:
+    import asyncio
+    import tempfile
+
+    from harness.backends.hf import HFBackend
+    from harness.backends.openai_backend import OpenAIBackend
+    from harness.calls import CallLayer, CallSettings
+    from harness.serve import ServerThread, build_app
+
+    reqs = [r for _, r in every]
+    walls, values = {}, {}
+    for name, size in (("unshared", 0), ("shared", 4)):
+        backend = HFBackend(plain.model, prefix_cache=size, dynamic_batching=False)
+        backend._model, backend._tok = plain.load()
+        with ServerThread(build_app(backend, "judge")) as srv, tempfile.TemporaryDirectory() as d:
+            layer = CallLayer(Path(d) / "c.sqlite", CallSettings(concurrency=16))
+            t0 = time.perf_counter()
+            out = asyncio.run(layer.run(OpenAIBackend("judge", base_url=srv.base_url), reqs))
+            walls[name] = time.perf_counter() - t0
+        values[name] = [judge.parse_result(res, call).value for (call, _), res in zip(every, out)]
+    diff = max((abs(x - y) for x, y in zip(values["unshared"], values["shared"]) if x is not None and y is not None),
+               default=0.0)
+    print(f"served (call layer -> harness serve over hf, {len(reqs)} judge requests): unshared "
+          f"{walls['unshared']:.2f} s, shared {walls['shared']:.2f} s ({walls['unshared'] / walls['shared']:.2f}x "
+          f"faster), largest score difference {diff:.2e}")
 
 
 if __name__ == "__main__":
