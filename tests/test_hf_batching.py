@@ -85,3 +85,14 @@ def test_greedy_equals_generate_on_smollm2():
     plain, fast = _pair("default")
     reqs = requests(8, 32)
     _same(plain.generate_sync(reqs), fast.generate_sync(reqs))
+
+
+def test_a_model_that_ignores_the_cache_fails_loudly():
+    from harness.backends.hf_batching import check_filled
+
+    class Unfilled:
+        def get_seq_length(self):
+            return 0
+
+    with pytest.raises(RuntimeError, match="did not fill the KV cache"):
+        check_filled(Unfilled(), 12)

@@ -13,6 +13,7 @@ shared prompt prefix go to ``prefix_cache`` instead.
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 from harness.backends.base import GenRequest, GenResult, TokenLogprob
@@ -47,6 +48,19 @@ def prompt_ids(backend, reqs: list[GenRequest]) -> list[list[int]]:
     return [tok(backend.render(r), add_special_tokens=special)["input_ids"] for r in reqs]
 
 
+def cache_kw(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in recent transformers (which
+    deprecates ``past_key_values``), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def check_filled(cache, n: int) -> None:
+    """A model that ignored the cache would answer without its context: never silently."""
+    if cache.get_seq_length() != n:
+        raise RuntimeError(f"hf: the model did not fill the KV cache ({cache.get_seq_length()} of {n} positions); "
+                           "set dynamic_batching: false and prefix_cache: 0 for this model")
+
+
 def stop_ids(model, tok) -> set[int]:
     return set(_as_list(model.generation_config.eos_token_id)) | {tok.eos_token_id}
 
@@ -71,9 +85,11 @@ def greedy(backend, reqs: list[GenRequest]) -> list[GenResult]:
     out_lp: list[list] = [[] for _ in reqs]
     live = list(range(len(reqs)))  # request index of each batch row
     cache = DynamicCache(config=model.config)
+    kw = cache_kw(model)
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                       **{kw: cache}).logits[:, -1, :].float()
+        check_filled(cache, width)
         last = pos[:, -1:]
         for step in range(max_new):
             nxt = logits.argmax(-1)
@@ -95,8 +111,8 @@ def greedy(backend, reqs: list[GenRequest]) -> list[GenResult]:
                 live = [live[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             last = last + 1
-            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last, cache=cache,
-                           use_cache=True).logits[:, -1, :].float()
+            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last, use_cache=True,
+                           **{kw: cache}).logits[:, -1, :].float()
     latency = time.perf_counter() - t0
     return finish(tok, eos, reqs, out_ids, out_lp if want_lp else None, [len(r) for r in rows], latency)
 

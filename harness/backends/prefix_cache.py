@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 
 from harness.backends.base import GenRequest, GenResult
-from harness.backends.hf_batching import finish, prompt_ids, stop_ids
+from harness.backends.hf_batching import cache_kw, check_filled, finish, prompt_ids, stop_ids
 
 #: a prefix shorter than this is not worth a separate forward pass
 MIN_SHARED = 32
@@ -148,7 +148,8 @@ def _prefix_kv(model, cache: PrefixCache, prefix: list[int], device) -> list:
     dc = DynamicCache([(k, v) for k, v in cache.entries[base]]) if base is not None else DynamicCache()
     ids = torch.tensor([prefix[start:]], dtype=torch.long, device=device)
     pos = torch.arange(start, len(prefix), device=device)[None]
-    model(input_ids=ids, position_ids=pos, cache=dc, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{cache_kw(model): dc})
+    check_filled(dc, len(prefix))
     kv = [(layer.keys, layer.values) for layer in dc.layers]
     cache.put(key, kv)
     return kv
@@ -167,7 +168,9 @@ def _suffix_logits(model, kv, n: int, suffixes: list[list[int]], pad: int, devic
     # positions from the mask, as generate derives them (pads get 1)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, n:]
     dc = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv]) if kv else DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=dc, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{cache_kw(model): dc})
+    check_filled(dc, n + width)
     return out.logits[:, -1, :].float()
 
 
