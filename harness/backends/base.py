@@ -6,7 +6,7 @@ backend's.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from harness.records import stable_hash
@@ -48,7 +48,8 @@ class GenRequest:
 
     def content(self) -> dict:
         """Everything that determines the answer (not transport settings)."""
-        d = asdict(self)
+        # a shallow dict: the same JSON as asdict() (hence the same keys) without copying messages
+        d = {f.name: getattr(self, f.name) for f in _FIELDS}
         # fields added later are left out while unset, so older cache keys stay valid
         for name in _OPTIONAL_FIELDS:
             if d[name] is None:
@@ -65,6 +66,7 @@ class GenRequest:
         return stable_hash({"model": model_id, **self.content()}, 40)
 
 
+_FIELDS = fields(GenRequest)
 _OPTIONAL_FIELDS = ("prompt_tokens", "continuation_tokens", "json_schema")
 
 
