@@ -101,6 +101,10 @@ def test_build_report_measures_the_build(tmp_path, data_dir):
     assert report["valid_instances_per_minute"] > 0 and report["by_source"]["koala"] == {"instances": 4, "valid": 3}
     # every JSON stage carried its schema
     assert SCHEMAS["preference_set"] == 8 + 1 and SCHEMAS["rubric"] >= 1
+    # a rerun has nothing to generate: no instances per minute to claim
+    build_from_config(str(cfg), str(tmp_path / "out"))
+    again = json.loads((out.parent / "build_report.json").read_text())
+    assert again["valid"] == 7 and again["valid_instances_per_minute"] == 0
 
 
 class Truncating(StageGen):

@@ -8,6 +8,7 @@ stratified sample: N instructions split over the sources in the proportions of t
 ``build_report.json`` says how the build went: per stage, how many outputs are stored ok, failed or
 not generated; the valid share of instances; valid instances per minute of this invocation; and the
 share of the generated tokens (all attempts, re-asks included) that ended in a valid instance.
+Per minute counts only the valid instances this invocation generated a stage for.
 """
 from __future__ import annotations
 
@@ -116,7 +117,9 @@ def measure(builder: BenchBuilder, instances: list[Instance], records: list[dict
             "stage_counts": stages, "generated_tokens": tokens_all,
             "valid_token_share": round(tokens_valid / tokens_all, 4) if tokens_all else None,
             "wall_s": round(wall_s, 1),
-            "valid_instances_per_minute": round(len(records) / (wall_s / 60), 2) if wall_s > 0 else None}
+            # over the instances this invocation generated something for: a resume does not inflate it
+            "valid_instances_per_minute": round(len(valid_ids & builder.worked_on) / (wall_s / 60), 2)
+            if wall_s > 0 else None}
 
 
 def _by_source(instances: list[Instance], valid_ids: set[str]) -> dict:
