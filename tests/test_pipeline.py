@@ -183,6 +183,8 @@ def test_demo_config_on_embedded_default(tmp_path, data_dir):
     cfg["models"] = cfg["models"][:1]  # the base model (the SFT one is trained by `make demo`)
     cfg["tasks"] = [{"name": "mt_bench", "limit": 2, "options": {"generation": {"max_tokens": 24}}}]
     cfg.pop("out")
+    cfg.pop("experiment", None)  # the evaluation alone (the experiment's stages are tested on their own)
+    cfg["models"][0].pop("system_variants", None)
     p = tmp_path / "demo.yaml"
     p.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(p), "--out", str(out), "--data-dir", str(data_dir)]) == 0
