@@ -8,7 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-from harness.backends.base import Backend, GenRequest, GenResult, TokenLogprob
+from harness.backends.base import Backend, GenRequest, GenResult
+from harness.backends.hf_batching import finish
 from harness.models import looks_local, resolve_model_path
 from harness.templates import render_chat
 
@@ -238,39 +239,11 @@ class HFBackend(Backend):
         seqs = gen.sequences[:, enc["input_ids"].shape[1]:]
         eos_ids = set(_as_list(model.generation_config.eos_token_id)) | {tok.eos_token_id}
         latency = time.perf_counter() - t0
-        results = []
         logprobs_all = None
         if r0.logprobs:
             logprobs_all = torch.stack(gen.logits, dim=1).float().log_softmax(-1)  # (B, T, V)
-        for b, r in enumerate(reqs):
-            ids = seqs[b].tolist()
-            n, finish = len(ids), "length"
-            for j, t in enumerate(ids):
-                if t in eos_ids:
-                    n, finish = j + 1, "stop"
-                    break
-                if t == tok.pad_token_id and tok.pad_token_id not in eos_ids:
-                    n, finish = j, "stop"
-                    break
-            text = tok.decode(ids[:n], skip_special_tokens=True)
-            if r.stop:
-                cut = min((text.find(s) for s in r.stop if s in text), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-            lps = None
-            if logprobs_all is not None:
-                lps = []
-                for j in range(n):
-                    row = logprobs_all[b, j]
-                    top = []
-                    if r.top_logprobs:
-                        vals, idxs = row.topk(r.top_logprobs)
-                        top = [(tok.decode([int(k)]), float(v)) for v, k in zip(vals, idxs)]
-                    lps.append(TokenLogprob(tok.decode([ids[j]]), float(row[ids[j]]), top))
-            results.append(GenResult(text=text, finish_reason=finish,
-                                     prompt_tokens=int(enc["attention_mask"][b].sum()), completion_tokens=n,
-                                     logprobs=lps, latency_s=latency / len(reqs)))
-        return results
+        prompt_lens = [int(m.sum()) for m in enc["attention_mask"]]
+        return finish(tok, eos_ids, reqs, seqs.tolist(), logprobs_all, prompt_lens, latency)
 
 
 def weights_fingerprint(path: str) -> str:
