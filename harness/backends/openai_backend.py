@@ -127,16 +127,8 @@ class OpenAIBackend(Backend):
         chat = r.messages is not None
         if chat:
             kw["messages"] = r.messages
-            if r.logprobs or r.top_logprobs:
-                kw["logprobs"] = True
-                if r.top_logprobs:
-                    kw["top_logprobs"] = r.top_logprobs
-            if r.continue_final_message:
-                extra.update(continue_final_message=True, add_generation_prompt=False)
         else:
             kw["prompt"] = r.prompt_tokens if r.prompt_tokens is not None else r.prompt
-            if r.logprobs or r.top_logprobs:
-                kw["logprobs"] = max(1, r.top_logprobs)
         kw.update(extra)
         body = json.dumps(kw, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         try:
@@ -181,16 +173,20 @@ class OpenAIBackend(Backend):
             # is not trusted either way: callers validate the text against the schema.
             fmt = response_format(r.json_schema, self.strict_json_schema)
             (kw if r.messages is not None else extra)["response_format"] = fmt  # the SDK's completions lack it
+        # logprobs: chat takes a flag and a count, completions a count (both transports send the same)
+        if r.messages is not None:
+            if r.logprobs or r.top_logprobs:
+                kw["logprobs"] = True
+                if r.top_logprobs:
+                    kw["top_logprobs"] = r.top_logprobs
+            if r.continue_final_message:
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+        elif r.logprobs or r.top_logprobs:
+            kw["logprobs"] = max(1, r.top_logprobs)
         return kw, extra
 
     async def _chat(self, r: GenRequest, n: int) -> list[GenResult]:
         kw, extra = self._common(r, n)
-        if r.logprobs or r.top_logprobs:
-            kw["logprobs"] = True
-            if r.top_logprobs:
-                kw["top_logprobs"] = r.top_logprobs
-        if r.continue_final_message:
-            extra.update(continue_final_message=True, add_generation_prompt=False)
         resp = await self._client.chat.completions.create(messages=r.messages, extra_body=extra or None, **kw)
         if not getattr(resp, "choices", None):
             raise TransientError("malformed response: no choices")
@@ -206,8 +202,6 @@ class OpenAIBackend(Backend):
 
     async def _completion(self, r: GenRequest, n: int) -> list[GenResult]:
         kw, extra = self._common(r, n)
-        if r.logprobs or r.top_logprobs:
-            kw["logprobs"] = max(1, r.top_logprobs)
         prompt = r.prompt_tokens if r.prompt_tokens is not None else r.prompt
         resp = await self._client.completions.create(prompt=prompt, extra_body=extra or None, **kw)
         if not getattr(resp, "choices", None):
