@@ -29,6 +29,7 @@ class OpenAIBackend(Backend):
     name = "openai"
     max_batch = 1
     supports_n = True
+    supports_loglikelihood = True  # completions with echo logprobs (refused clearly where unsupported)
     default_concurrency = 16
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
@@ -93,7 +94,7 @@ class OpenAIBackend(Backend):
         n = len(requests)
         t0 = time.perf_counter()
         if r0.is_loglikelihood:
-            return [await self._loglikelihood(r) for r in requests]
+            return [await _loglikelihood_call(self, r) for r in requests]
         if self.transport == "light":
             results = await self._light_generate(r0, n)
         else:
@@ -348,7 +349,3 @@ async def _loglikelihood_call(backend: OpenAIBackend, r: GenRequest) -> GenResul
                  for tok, top in zip(tokens[len(ctx):end], tops[len(ctx):end]))
     return GenResult(loglikelihood=float(sum(values[len(ctx):end])), is_greedy=bool(greedy),
                      finish_reason="scored", prompt_tokens=end)
-
-
-OpenAIBackend.supports_loglikelihood = True
-OpenAIBackend._loglikelihood = _loglikelihood_call
