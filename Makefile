@@ -34,18 +34,12 @@ setup: $(VENV)/.installed
 models: setup
 	$(HARNESS) models prepare
 
-# The main job on the embedded default: train a small SFT model and a reward model, evaluate
-# base and SFT on a slice of every benchmark (SmolLM2 judging through a local endpoint), add
-# best-of-n models reranked by the reward model, judge them, and write the report.
+# The main job on the embedded default, one experiment (configs/demo.yaml): build a small bench and
+# collection with SmolLM2, train SFT and a reward model on the collection, evaluate base (with, without
+# and with a generic system message) and SFT on a slice of every benchmark, best-of-n reranked by the
+# reward model, and the report. Each stage resumes; the time per stage is printed at the end.
 demo: models
-	$(HARNESS) train sft --config configs/demo/sft.yaml --skip-if-complete
-	$(HARNESS) train rm --config configs/demo/rm.yaml --skip-if-complete
 	$(HARNESS) run configs/demo.yaml
-	$(HARNESS) rerank --candidates runs/demo --task multifaceted_bench --model smollm2-135m \
-		--reward-model runs/train/demo-rm --label demo-rm --n 1,2,4 --max-tokens 128
-	$(HARNESS) run configs/demo.yaml
-	$(HARNESS) report runs/demo --out runs/demo/report --baseline smollm2-135m \
-		--best-of-n runs/demo/bestofn/smollm2-135m__demo-rm.csv
 	@echo "demo finished: report at runs/demo/report/report.html"
 
 test: models
