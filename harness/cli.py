@@ -52,7 +52,8 @@ def _print_summary(out: Path, result: dict, aggregated: bool) -> None:
 
 def cmd_run(args, steps=("build", "generate", "judge", "aggregate")) -> int:
     from harness.calls import BudgetExceeded
-    from harness.pipeline import all_failed, estimate, run_all
+    from harness.estimate import estimate
+    from harness.pipeline import all_failed, run_all
 
     cfg = _load_cfg(args)
     if cfg.experiment is not None:

@@ -7,15 +7,9 @@ free on the rerun.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import platform
-import subprocess
-import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -29,26 +23,10 @@ from harness.provenance import graded_by
 from harness.records import Completion, Instance, Judgment, stable_hash
 from harness.registry import BACKENDS, JUDGES, TASKS
 from harness.stage_times import is_local, stage
+from harness.environment import environment
 from harness.store import RunStore, atomic_write_text, remove_stale_temp_files, write_jsonl
 
 log = logging.getLogger("harness")
-
-PACKAGES = ["janus-harness", "torch", "transformers", "openai", "numpy", "pandas", "scipy", "scikit-learn",
-            "trl", "peft", "vllm", "alpaca-eval", "detoxify"]
-
-
-def environment() -> dict:
-    versions = {}
-    for p in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[p] = metadata.version(p)
-    commit = None
-    with contextlib.suppress(Exception):
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-            "git_commit": commit, "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-
 
 def make_backend(cfg: ModelConfig):
     cls = BACKENDS.get(cfg.backend)
@@ -392,45 +370,6 @@ def _delta(now: CallStats, before: CallStats) -> CallStats:
     for k in d.to_dict():
         setattr(d, k, getattr(now, k) - getattr(before, k))
     return d
-
-
-def estimate(cfg: RunConfig) -> dict:
-    """Calls and cost a run would make, without calling anything (``--dry-run``).
-
-    Prompt tokens are estimated as characters / 4; completions as their max_tokens
-    (an upper bound). Judge calls assume every generation succeeds.
-    """
-    from harness.calls import _price
-
-    settings = CallSettings.from_dict(cfg.calls)
-    data = default_data_dir(cfg.data_dir)
-    rows, total = [], 0.0
-    for tcfg in cfg.tasks:
-        task = TASKS.get(tcfg.name)(options=tcfg.options, data_dir=data)
-        instances = load_instances(tcfg, data)
-        spec = task.generation_spec()
-        for m in cfg.models:
-            n = sum(len(i.turns) if spec.chat else 1 for i in instances) * spec.n_samples
-            chars = sum(sum(len(t) for t in i.turns) + len(i.system or "") for i in instances) * spec.n_samples
-            p = _price(settings.prices, f"{m.backend}:{m.model}", m.model) or {}
-            cost = (chars / 4 * p.get("prompt", 0) + n * spec.max_tokens * p.get("completion", 0)) / 1e6
-            rows.append({"step": "generate", "task": tcfg.name, "model": m.name, "calls": n, "cost": cost})
-            total += cost
-        jcfg = cfg.judge_for(tcfg)
-        judge = make_judge(tcfg, data) if jcfg is not None else None
-        if judge is not None:
-            n, chars = 0, 0
-            for inst in instances:
-                fake = Completion(task.name, inst.id, "x", ["x" * spec.max_tokens * 4] * len(inst.turns))
-                for call in judge.calls(inst, fake):
-                    n += 1
-                    chars += sum(len(mm["content"]) for mm in call.messages)
-            n, chars = n * len(cfg.models), chars * len(cfg.models)
-            p = _price(settings.prices, f"{jcfg.backend}:{jcfg.model}", jcfg.model) or {}
-            cost = (chars / 4 * p.get("prompt", 0) + n * 512 * p.get("completion", 0)) / 1e6
-            rows.append({"step": "judge", "task": tcfg.name, "model": jcfg.name, "calls": n, "cost": cost})
-            total += cost
-    return {"rows": rows, "total_calls": sum(r["calls"] for r in rows), "total_cost": total}
 
 
 async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None = None,
