@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness.registry import TASKS, UnknownName
+from harness.registry import BUILDERS, TASKS, UnknownName
 
 EPILOG = "Run `harness <command> --help` for the options of each command."
 
@@ -163,11 +163,9 @@ def _builders() -> dict:
             continue  # an optional extra is missing
         if hasattr(cls, "build"):
             out[cls.build_name] = cls
-    # the Multifaceted Collection (training data) is built like a bench but is not a benchmark
-    with contextlib.suppress(ImportError):
-        from tasks.multifaceted.collection_build import CollectionBuild
-
-        out[CollectionBuild.build_name] = CollectionBuild
+    for name in BUILDERS.names():  # builders of data that is not a benchmark (training collections)
+        with contextlib.suppress(ImportError):
+            out[name] = BUILDERS.get(name)
     return out
 
 

@@ -71,6 +71,8 @@ BACKENDS = Registry("backend")
 SCORERS = Registry("scorer")
 # report modules the engine hands records to, by name, without importing them
 REPORTS = Registry("report")
+# `harness bench build NAME` for data that is not a benchmark (benchmarks declare `build_name`)
+BUILDERS = Registry("builder")
 
 # Built-in entries, imported lazily.
 BACKENDS.register("hf", "harness.backends.hf:HFBackend")
@@ -99,3 +101,6 @@ SCORERS.register("judge", "harness.scorers:judge_scorer")  # judge[:KIND], the r
 
 # the best-of-n analysis of a rerank's pool: analyze(table, ns, meta), write_analysis(result, dir, stem)
 REPORTS.register("best_of_n", "reports.bestofn")
+
+# Multifaceted-Collection-format training data: built like a bench, evaluated by nothing
+BUILDERS.register("collection", "tasks.multifaceted.collection_build:CollectionBuild")
