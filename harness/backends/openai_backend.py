@@ -105,10 +105,12 @@ class OpenAIBackend(Backend):
         return results
 
     async def _sdk_generate(self, r0: GenRequest, n: int) -> list[GenResult]:
+        return await self._sdk_call(self._chat(r0, n) if r0.messages is not None else self._completion(r0, n))
+
+    async def _sdk_call(self, call):
+        """Await an SDK call, its failures as the call layer's retryable or permanent errors."""
         try:
-            if r0.messages is not None:
-                return await self._chat(r0, n)
-            return await self._completion(r0, n)
+            return await call
         except self._openai.RateLimitError as e:
             raise TransientError("429 rate limited", retry_after=_retry_after(e)) from e
         except self._openai.APIStatusError as e:
@@ -324,18 +326,9 @@ async def _loglikelihood_call(backend: OpenAIBackend, r: GenRequest) -> GenResul
     lm-eval's ``local-completions`` does). One extra token is generated and ignored."""
     ctx = list(r.prompt_tokens or [])
     cont = list(r.continuation_tokens)
-    try:
-        resp = await backend._client.completions.create(
-            model=backend.model, prompt=ctx + cont, echo=True, logprobs=1, max_tokens=1, temperature=0.0,
-            extra_body=dict(backend.extra_body) or None)
-    except backend._openai.RateLimitError as e:
-        raise TransientError("429 rate limited", retry_after=_retry_after(e)) from e
-    except (backend._openai.APITimeoutError, backend._openai.APIConnectionError) as e:
-        raise TransientError(f"{type(e).__name__}") from e
-    except backend._openai.APIStatusError as e:
-        if e.status_code >= 500 or e.status_code in (408, 409):
-            raise TransientError(f"HTTP {e.status_code}") from e
-        raise
+    resp = await backend._sdk_call(backend._client.completions.create(
+        model=backend.model, prompt=ctx + cont, echo=True, logprobs=1, max_tokens=1, temperature=0.0,
+        extra_body=dict(backend.extra_body) or None))
     lp = resp.choices[0].logprobs if resp.choices else None
     tokens = list(getattr(lp, "tokens", None) or [])
     values = list(getattr(lp, "token_logprobs", None) or [])
