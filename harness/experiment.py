@@ -49,6 +49,7 @@ class BestOf:
     top_p: float = 0.9
     repetition_penalty: float = 1.03
     max_tokens: int | None = None
+    reward_engine: str = "hf"  # or "vllm": the reward model on vLLM's pooling runner
 
 
 @dataclass
@@ -105,6 +106,8 @@ def parse_experiment(raw: dict | None, file: str) -> Experiment | None:
         if bad or missing:
             raise ValueError(f"{w}: unknown field(s) {bad}, missing {missing}")
         entry = BestOf(**b)
+        if entry.reward_engine not in ("hf", "vllm"):
+            raise ValueError(f"{w}.reward_engine: 'hf' or 'vllm', got {entry.reward_engine!r}")
         if not entry.n or not all(isinstance(n, int) and n >= 1 for n in entry.n):
             raise ValueError(f"{w}.n: a list of positive integers, got {entry.n!r}")
         exp.best_of.append(entry)
@@ -162,6 +165,8 @@ def run_experiment(config_path: str, out_dir: Path, cli_main, passthrough: list[
         argv += ["--label", b.label or Path(b.reward_model).name]
         if b.max_tokens:
             argv += ["--max-tokens", str(b.max_tokens)]
+        if b.reward_engine != "hf":
+            argv += ["--reward-engine", b.reward_engine]
         stage(f"best-of-n {b.model} {b.task}", argv)
     if exp.best_of:
         stage("judge best-of-n", evaluate)

@@ -114,26 +114,47 @@ class ToxicityPenaltyScorer:
         return out
 
 
+#: the engines that run a reward model's forward passes
+REWARD_ENGINES = ("hf", "vllm")
+
+
 class RewardModelScorer:
     """A reward model (``harness.backends.reward_model``) with the bucketed cross-prompt batching. Each
-    candidate is scored on its whole conversation (system, every turn and answer) in the model's format."""
+    candidate is scored on its whole conversation (system, every turn and answer) in the model's format.
+
+    ``engine``: ``hf`` (transformers forward passes, ``rm_batching``) or ``vllm`` (vLLM's pooling runner,
+    ``vllm_reward``; ``engine_args`` go to ``vllm.LLM``). Both read the same token ids; the engine is part
+    of the scorer's version, so switching engines rescores rather than mixing the two."""
 
     primary = "reward"
 
     def __init__(self, spec: str | Path, max_tokens: int | None = None, max_batch: int | None = None,
-                 name: str | None = None, **load_options: Any):
+                 name: str | None = None, engine: str = "hf", engine_args: dict | None = None, **load_options: Any):
         from harness.backends.reward_model import load_reward_model, resolve_reward_model
         from harness.backends.rm_batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, BucketedScorer
 
+        if engine not in REWARD_ENGINES:
+            raise ValueError(f"reward model engine must be one of {', '.join(REWARD_ENGINES)}, got {engine!r}")
         path = resolve_reward_model(spec)
-        rm = load_reward_model(path, **load_options)
-        self.batcher = BucketedScorer(rm, max_tokens or DEFAULT_MAX_TOKENS, max_batch or DEFAULT_MAX_BATCH)
+        rm = load_reward_model(path, weights=engine == "hf", **load_options)
+        if engine == "vllm":
+            from harness.backends.vllm_reward import VLLMRewardEngine
+
+            self.batcher = VLLMRewardEngine(rm, path, load_options.get("dtype", "float32"), engine_args)
+        else:
+            self.batcher = BucketedScorer(rm, max_tokens or DEFAULT_MAX_TOKENS, max_batch or DEFAULT_MAX_BATCH)
         # a hub id names the model (kaist-ai/janus-rm-7b -> janus-rm-7b), a path its folder
         self.name = name or str(spec).rstrip("/").rsplit("/", 1)[-1]
-        self.version = stable_hash({"fingerprint": file_fingerprint(path), "kind": rm.kind,
-                                    "format": rm.format.name, "max_length": rm.max_length,
-                                    "normalize": getattr(rm.model, "normalize", None), "card": rm.version})
+        identity = {"fingerprint": file_fingerprint(path), "kind": rm.kind, "format": rm.format.name,
+                    "max_length": rm.max_length, "normalize": rm.normalize, "card": rm.version}
+        if engine != "hf":  # hf keeps the identity stored scores were made under before engines existed
+            identity["engine"] = engine
+        self.version = stable_hash(identity)
         self.scored = 0  # completions actually run through the model (tests count it)
+
+    def close(self) -> None:
+        if hasattr(self.batcher, "close"):
+            self.batcher.close()
 
     async def score(self, completions, instances=None, on_scores: OnScores = None) -> list[Score]:
         insts = [_instance(instances, c) for c in completions]

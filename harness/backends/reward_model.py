@@ -165,8 +165,11 @@ class RewardScorer:
     """Scores (system, prompt, response) triples with a loaded reward model."""
 
     def __init__(self, model, tokenizer, kind: str, prompt_format: str, max_length: int = 2048,
-                 device: str = "cpu", name: str = "reward_model", version: str = ""):
+                 device: str = "cpu", name: str = "reward_model", version: str = "",
+                 normalize: bool | None = None):
+        # model: None when another engine runs the forward passes (``vllm_reward``); this then only encodes
         self.model, self.tokenizer, self.kind = model, tokenizer, kind
+        self.normalize = normalize  # value-head checkpoints: whether rewards are (r - mean) / std
         self.format = PromptFormat(prompt_format, tokenizer)
         self.max_length, self.device = max_length, device
         self.name, self.version = name, version
@@ -269,8 +272,9 @@ def resolve_reward_model(spec: str | Path) -> Path:
 
 def load_reward_model(path: str | Path, kind: str = "auto", prompt_format: str | None = None,
                       normalize: bool | None = None, max_length: int = 2048, device: str = "cpu",
-                      dtype: str = "float32", trust_remote_code: bool = False) -> RewardScorer:
-    """Load a reward model directory as a scorer. ``kind``: auto, sequence_classification or value_head."""
+                      dtype: str = "float32", trust_remote_code: bool = False, weights: bool = True) -> RewardScorer:
+    """Load a reward model directory as a scorer. ``kind``: auto, sequence_classification or value_head.
+    ``weights=False``: tokenizer, format and identity only (the vLLM reward engine runs the model)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from harness.checkpoint import read_card, verify_checkpoint
@@ -285,18 +289,29 @@ def load_reward_model(path: str | Path, kind: str = "auto", prompt_format: str |
         raise ValueError(f"unknown reward model kind '{kind}'; known: auto, {', '.join(KINDS)}")
     card = read_card(path) or {}
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = json.loads((path / "config.json").read_text())
+    model = None
     if kind == VALUE_HEAD:
-        model = load_value_head_model(path, torch_dtype(dtype), normalize, trust_remote_code)
+        has_stats = "mean" in config and "std" in config
+        if normalize and not has_stats:
+            raise ValueError(f"{path}: normalisation asked for but config.json has no 'mean'/'std'")
+        normalize = has_stats if normalize is None else bool(normalize)
+        if weights:
+            model = load_value_head_model(path, torch_dtype(dtype), normalize, trust_remote_code)
         fmt = prompt_format or JANUS
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype(dtype),
-                                                                   trust_remote_code=trust_remote_code).eval()
-        fmt = prompt_format or card.get("prompt_format") or (CHAT if getattr(tok, "chat_template", None) else JANUS)
         if normalize:
             raise ValueError(f"{path}: normalisation is only defined for value-head (JANUS-RM) checkpoints")
-    model.to(device)
-    version = str(card.get("created") or json.loads((path / "config.json").read_text()).get("_name_or_path", ""))
-    return RewardScorer(model, tok, kind, fmt, max_length, device, name=path.name, version=version)
+        normalize = None
+        if weights:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype(dtype),
+                                                                       trust_remote_code=trust_remote_code).eval()
+        fmt = prompt_format or card.get("prompt_format") or (CHAT if getattr(tok, "chat_template", None) else JANUS)
+    if model is not None:
+        model.to(device)
+    version = str(card.get("created") or config.get("_name_or_path", ""))
+    return RewardScorer(model, tok, kind, fmt, max_length, device, name=path.name, version=version,
+                        normalize=normalize)
 
 
 def torch_dtype(name: str):

@@ -63,6 +63,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--oracle", help="scorer for the analysis's oracle score per candidate (e.g. 'judge')")
     p.add_argument("--scorer-batch-tokens", type=int, help="padded tokens per reward-model batch (default 16384)")
     p.add_argument("--prompt-format", help="reward model text format: janus-mistral or tokenizer")
+    p.add_argument("--reward-engine", choices=("hf", "vllm"), default="hf",
+                   help="what runs the reward model: transformers (hf, default) or vLLM's pooling runner (vllm)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--temperature", type=float)
@@ -95,6 +97,8 @@ def cmd_rerank(args) -> int:
     scorer = oracle = None
     try:
         rm_opts = {"device": args.device, "dtype": args.dtype}
+        if args.reward_engine != "hf":
+            rm_opts["engine"] = args.reward_engine
         if args.prompt_format:
             rm_opts["prompt_format"] = args.prompt_format
         scorer = rerank_scorer(args.reward_model, run_dir, args.task, calls, args.scorer_batch_tokens, **rm_opts)
