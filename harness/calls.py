@@ -8,6 +8,8 @@ into a dict and back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -50,6 +52,22 @@ class CallStats:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# the CallStats of the `counting()` blocks the current task runs inside (copied into the tasks it starts)
+_SINKS: contextvars.ContextVar[tuple[CallStats, ...]] = contextvars.ContextVar("harness_call_sinks", default=())
+
+
+@contextlib.contextmanager
+def counting():
+    """The stats of the calls made inside this block, by this task and the tasks and threads it starts,
+    and none of a block running concurrently beside it (a judge step overlapping a generate step)."""
+    mine = CallStats()
+    token = _SINKS.set(_SINKS.get() + (mine,))
+    try:
+        yield mine
+    finally:
+        _SINKS.reset(token)
 
 
 class CallCache:
@@ -264,6 +282,8 @@ class CallLayer:
             if progress is not None:
                 progress.close()
             self.stats.add(stats)
+            for sink in _SINKS.get():
+                sink.add(stats)
         return results
 
     async def _call(self, backend, reqs: list, stats: CallStats, limiter, timeout: float | None) -> list:

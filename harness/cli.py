@@ -87,7 +87,10 @@ def cmd_run(args, steps=("build", "generate", "judge", "aggregate")) -> int:
         from harness.stage_times import format_table
 
         print("where the time went:")
-        print(format_table(result["summary"]["stages"]))
+        stages = result["summary"]["stages"]
+        aggregate = sum(r["wall_s"] for r in stages if r["stage"] == "aggregate")
+        elapsed = result["summary"].get("elapsed_s")
+        print(format_table(stages, None if elapsed is None else elapsed + aggregate))
     failed = all_failed(result.get("summary", {}))
     for line in failed:
         print(f"harness: error: {line}", file=sys.stderr)

@@ -7,15 +7,17 @@ free on the rerun.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 from harness.backends.base import GenRequest
-from harness.calls import CallLayer, CallSettings, CallStats
+from harness.calls import CallLayer, CallSettings, CallStats, counting
 from harness.config import JudgeConfig, ModelConfig, RunConfig, TaskConfig
 from harness.data import data_dir as default_data_dir
 from harness.lock import RunLock
@@ -112,42 +114,41 @@ class Run:
             ident["system"] = system
         gen_hash = stable_hash(ident)
         self.store.set_current_generation(task.name, mcfg.name, gen_hash)
-        before = CallStats(**self.calls.stats.to_dict())
-        done = self.store.keys("completion")
-        todo = [(inst, s) for inst in instances for s in range(spec.n_samples)
-                if Completion(task.name, inst.id, mcfg.name, [], s, instance_key=inst.key,
-                              gen_config_hash=gen_hash).key not in done]
-        n_turns = max((len(i.turns) for i, _ in todo), default=0) if spec.chat else 1
-        answers: dict[tuple[str, int], list[str]] = {(i.id, s): [] for i, s in todo}
-        meta: dict[tuple[str, int], dict] = {k: {"finish": [], "pt": 0, "ct": 0, "lat": 0.0, "err": None}
-                                            for k in answers}
-        for t in range(n_turns):
-            active = [(i, s) for i, s in todo if t < len(i.turns) and meta[(i.id, s)]["err"] is None]
-            if not active:
-                break
-            reqs = [self._gen_request(task, spec, i, s, answers[(i.id, s)], t, mcfg) for i, s in active]
+        with counting() as delta:  # this step's calls only, while others may run beside it
+            done = self.store.keys("completion")
+            todo = [(inst, s) for inst in instances for s in range(spec.n_samples)
+                    if Completion(task.name, inst.id, mcfg.name, [], s, instance_key=inst.key,
+                                  gen_config_hash=gen_hash).key not in done]
+            n_turns = max((len(i.turns) for i, _ in todo), default=0) if spec.chat else 1
+            answers: dict[tuple[str, int], list[str]] = {(i.id, s): [] for i, s in todo}
+            meta: dict[tuple[str, int], dict] = {k: {"finish": [], "pt": 0, "ct": 0, "lat": 0.0, "err": None}
+                                                for k in answers}
+            for t in range(n_turns):
+                active = [(i, s) for i, s in todo if t < len(i.turns) and meta[(i.id, s)]["err"] is None]
+                if not active:
+                    break
+                reqs = [self._gen_request(task, spec, i, s, answers[(i.id, s)], t, mcfg) for i, s in active]
 
-            def on_result(j: int, res, active=active, t=t) -> None:
-                # stored as each answer arrives: a crash loses only the calls in flight
-                inst, s = active[j]
+                def on_result(j: int, res, active=active, t=t) -> None:
+                    # stored as each answer arrives: a crash loses only the calls in flight
+                    inst, s = active[j]
+                    m = meta[(inst.id, s)]
+                    if res.error:
+                        m["err"] = res.error
+                        return
+                    answers[(inst.id, s)].append(res.text)
+                    m["finish"].append(res.finish_reason)
+                    m["pt"] += res.prompt_tokens
+                    m["ct"] += res.completion_tokens
+                    m["lat"] += res.latency_s
+                    if t == len(inst.turns) - 1 or not spec.chat:
+                        self.store.put(self._completion(task, mcfg, inst, s, gen_hash, answers, m, backend))
+
+                await self.calls.run(backend, reqs, on_result=on_result)
+            for inst, s in todo:  # failures are stored too, so the summary can count them
                 m = meta[(inst.id, s)]
-                if res.error:
-                    m["err"] = res.error
-                    return
-                answers[(inst.id, s)].append(res.text)
-                m["finish"].append(res.finish_reason)
-                m["pt"] += res.prompt_tokens
-                m["ct"] += res.completion_tokens
-                m["lat"] += res.latency_s
-                if t == len(inst.turns) - 1 or not spec.chat:
+                if m["err"] is not None:
                     self.store.put(self._completion(task, mcfg, inst, s, gen_hash, answers, m, backend))
-
-            await self.calls.run(backend, reqs, on_result=on_result)
-        for inst, s in todo:  # failures are stored too, so the summary can count them
-            m = meta[(inst.id, s)]
-            if m["err"] is not None:
-                self.store.put(self._completion(task, mcfg, inst, s, gen_hash, answers, m, backend))
-        delta = _delta(self.calls.stats, before)
         failed = sum(meta[(i.id, s)]["err"] is not None for i, s in todo)
         self.summary["generation"][f"{task.name}/{mcfg.name}"] = {
             "todo": len(todo), "failed_completions": failed,
@@ -168,17 +169,16 @@ class Run:
         done = self.store.keys("completion")
         todo = [i for i in instances if Completion(task.name, i.id, mcfg.name, [], 0, instance_key=i.key,
                                                    gen_config_hash=gen_hash).key not in done]
-        before = CallStats(**self.calls.stats.to_dict())
-        if todo:
-            loop = asyncio.get_running_loop()
+        with counting() as delta:  # this step's calls only, while others may run beside it
+            if todo:
+                loop = asyncio.get_running_loop()
 
-            def submit(reqs):
-                return asyncio.run_coroutine_threadsafe(self.calls.run(backend, reqs), loop).result()
+                def submit(reqs):
+                    return asyncio.run_coroutine_threadsafe(self.calls.run(backend, reqs), loop).result()
 
-            recs = await asyncio.to_thread(task.evaluate_model, submit, backend, mcfg.name, todo, gen_hash,
-                                           self.cfg.seed, gen, system)
-            self.store.put_many(recs)
-        delta = _delta(self.calls.stats, before)
+                recs = await asyncio.to_thread(task.evaluate_model, submit, backend, mcfg.name, todo, gen_hash,
+                                               self.cfg.seed, gen, system)
+                self.store.put_many(recs)
         self.summary["generation"][f"{task.name}/{mcfg.name}"] = {
             "todo": len(todo), "failed_completions": 0, "skipped_done": len(instances) - len(todo), **delta.to_dict()}
         return delta
@@ -234,52 +234,51 @@ class Run:
         self.store.set_current_judge(task.name, judge.name, jhash)
         instances = {i.id: i for i in self.instances(tcfg)}
         done = self.store.keys("judgment")
-        before = CallStats(**self.calls.stats.to_dict())
-        pending: list[tuple[Judgment, object]] = []
-        for c in self.completions(tcfg):
-            if models and c.model not in models:
-                continue
-            for call in judge.calls(instances[c.instance_id], c):
-                rec = Judgment(task=task.name, instance_id=c.instance_id, model=c.model, judge=judge.name,
-                               judge_model=jcfg.name, judge_config_hash=jhash, criterion=call.criterion,
-                               completion_key=c.key, baseline=call.baseline, position=call.position,
-                               prompt=call.messages, method="logprob" if call.logprob_prefix is not None else "text")
-                if rec.key not in done:
-                    pending.append((rec, call))
-        reqs = [self._judge_request(call) for _, call in pending]
-        counts = {"ok": 0, "parse_failure": 0, "error": 0}
+        with counting() as delta:  # this step's calls only, while others may run beside it
+            pending: list[tuple[Judgment, object]] = []
+            for c in self.completions(tcfg):
+                if models and c.model not in models:
+                    continue
+                for call in judge.calls(instances[c.instance_id], c):
+                    rec = Judgment(task=task.name, instance_id=c.instance_id, model=c.model, judge=judge.name,
+                                   judge_model=jcfg.name, judge_config_hash=jhash, criterion=call.criterion,
+                                   completion_key=c.key, baseline=call.baseline, position=call.position,
+                                   prompt=call.messages, method="logprob" if call.logprob_prefix is not None else "text")
+                    if rec.key not in done:
+                        pending.append((rec, call))
+            reqs = [self._judge_request(call) for _, call in pending]
+            counts = {"ok": 0, "parse_failure": 0, "error": 0}
 
-        def reask(i, req, res, parsed):
-            # the judge's own follow-up (Arena-Hard's "continue your judgment"), else the same prompt again
-            rec, call = pending[i]
-            nxt = judge.followup(call, res.text)
-            if nxt is None:
-                return None
-            if nxt is call:
-                return self.calls.reask_same(req)
-            pending[i] = (rec, nxt)
-            return self._judge_request(nxt)
+            def reask(i, req, res, parsed):
+                # the judge's own follow-up (Arena-Hard's "continue your judgment"), else the same prompt again
+                rec, call = pending[i]
+                nxt = judge.followup(call, res.text)
+                if nxt is None:
+                    return None
+                if nxt is call:
+                    return self.calls.reask_same(req)
+                pending[i] = (rec, nxt)
+                return self._judge_request(nxt)
 
-        def on_final(i, res, parsed, attempts):
-            rec, call = pending[i]
-            rec.attempts = attempts
-            rec.prompt = call.messages
-            rec.raw = judge.transcript(call, res.text) if res.error is None else None
-            rec.prompt_tokens, rec.completion_tokens, rec.cost = res.prompt_tokens, res.completion_tokens, res.cost
-            if res.error is not None:
-                rec.parse_status, rec.details = "error", {"error": res.error}
-            elif parsed.ok:
-                rec.parse_status, rec.value = "ok", parsed.value
-                if parsed.reason:
-                    rec.details = {"parse": parsed.reason}
-            else:
-                rec.parse_status, rec.value, rec.details = "parse_failure", parsed.value, {"parse": parsed.reason}
-            counts[rec.parse_status] += 1
-            self.store.put(rec)
+            def on_final(i, res, parsed, attempts):
+                rec, call = pending[i]
+                rec.attempts = attempts
+                rec.prompt = call.messages
+                rec.raw = judge.transcript(call, res.text) if res.error is None else None
+                rec.prompt_tokens, rec.completion_tokens, rec.cost = res.prompt_tokens, res.completion_tokens, res.cost
+                if res.error is not None:
+                    rec.parse_status, rec.details = "error", {"error": res.error}
+                elif parsed.ok:
+                    rec.parse_status, rec.value = "ok", parsed.value
+                    if parsed.reason:
+                        rec.details = {"parse": parsed.reason}
+                else:
+                    rec.parse_status, rec.value, rec.details = "parse_failure", parsed.value, {"parse": parsed.reason}
+                counts[rec.parse_status] += 1
+                self.store.put(rec)
 
-        await self.calls.run_parsed(backend, reqs, lambda res, i: judge.parse_result(res, pending[i][1]),
-                                    on_final=on_final, reask=reask)
-        delta = _delta(self.calls.stats, before)
+            await self.calls.run_parsed(backend, reqs, lambda res, i: judge.parse_result(res, pending[i][1]),
+                                        on_final=on_final, reask=reask)
         first_error = next((r.details.get("error") for r, _ in pending if r.parse_status == "error"), None)
         self.summary["judging"][f"{task.name}/{judge.name}"] = {"todo": len(pending), **counts, **delta.to_dict(),
                                                                "first_error": first_error}
@@ -365,57 +364,74 @@ def load_instances(tcfg: TaskConfig, data_dir: Path) -> list[Instance]:
     return instances
 
 
-def _delta(now: CallStats, before: CallStats) -> CallStats:
-    d = CallStats()
-    for k in d.to_dict():
-        setattr(d, k, getattr(now, k) - getattr(before, k))
-    return d
-
-
 async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None = None,
                   models: list[str] | None = None) -> dict:
     """The one step engine: each step asks the store what is still to do and does it.
 
-    ``run`` (one process over a whole config), ``shard run`` (an instance filter: it passes
-    its part as ``instances``) and ``batch`` compose this; nothing else loops over steps.
+    A task's score and judge steps start as soon as its generations are stored, and run while the
+    next task generates: a local judge server (or an API) works while the in-process model does.
+    Each step's rows count only its own calls (``harness.calls.counting``). ``run`` (one process over
+    a whole config), ``shard run`` (an instance filter: it passes its part as ``instances``) and
+    ``batch`` compose this; nothing else loops over steps.
     """
     cfg = run.cfg
     stages = run.summary.setdefault("stages", [])
+    t_start = time.perf_counter()
 
     def local(m):  # read after the step: the backend is made inside it
         return lambda: is_local(run._backends.get(id(m)), m)
 
-    for tcfg in cfg.tasks:
-        if "build" in steps:
-            with stage(stages, run.calls, "build", tcfg.name):
-                current = run.build(tcfg, instances[tcfg.name] if instances else None)
-        else:
-            current = run.instances(tcfg)
-        if "generate" in steps:
-            for m in cfg.models:
-                if models and m.name not in models:
-                    continue
-                with stage(stages, run.calls, "generate", tcfg.name, m.name, local(m)):
-                    st = await run.generate(tcfg, m, current)
-                log.info("generate %s/%s: %d requests, %d from cache, %d failed",
-                         tcfg.name, m.name, st.requests, st.cached, st.failed)
-    if "generate" in steps or "score" in steps:
-        for tcfg in cfg.tasks:
-            with stage(stages, run.calls, "score", tcfg.name):
+    async def score_and_judge(tcfg: TaskConfig) -> None:
+        if "generate" in steps or "score" in steps:
+            with stage(stages, "score", tcfg.name):
                 scored = await run.score(tcfg)
             if not scored:  # no classifier scores this task: no row
-                stages.pop()
-    if "judge" in steps:
-        for tcfg in cfg.tasks:
-            jcfg = cfg.judge_for(tcfg)
-            if jcfg is None:
-                continue
-            with stage(stages, run.calls, "judge", tcfg.name, jcfg.name, local(jcfg)):
+                stages.pop(next(i for i in range(len(stages) - 1, -1, -1)
+                                if stages[i]["stage"] == "score" and stages[i]["task"] == tcfg.name))
+        jcfg = cfg.judge_for(tcfg)
+        if "judge" in steps and jcfg is not None:
+            with stage(stages, "judge", tcfg.name, jcfg.name, local(jcfg)):
                 st = await run.judge(tcfg, jcfg, models)
             log.info("judge %s: %d requests, %d from cache, %d failed", tcfg.name, st.requests, st.cached,
                      st.failed)
+
+    # one task's scoring and judging at a time (in config order), beside the generation of the next
+    chain: asyncio.Task | None = None
+
+    async def after(prev: asyncio.Task | None, tcfg: TaskConfig) -> None:
+        if prev is not None:
+            await prev
+        await score_and_judge(tcfg)
+
+    try:
+        for tcfg in cfg.tasks:
+            if "build" in steps:
+                with stage(stages, "build", tcfg.name):
+                    current = run.build(tcfg, instances[tcfg.name] if instances else None)
+            else:
+                current = run.instances(tcfg)
+            if "generate" in steps:
+                for m in cfg.models:
+                    if models and m.name not in models:
+                        continue
+                    with stage(stages, "generate", tcfg.name, m.name, local(m)):
+                        st = await run.generate(tcfg, m, current)
+                    log.info("generate %s/%s: %d requests, %d from cache, %d failed",
+                             tcfg.name, m.name, st.requests, st.cached, st.failed)
+                    if chain is not None and chain.done():
+                        chain.result()  # a failed judge step stops the run now, not after all generation
+            chain = asyncio.ensure_future(after(chain, tcfg))
+        if chain is not None:
+            await chain
+    except BaseException:
+        if chain is not None and not chain.done():
+            chain.cancel()
+            with contextlib.suppress(BaseException):
+                await chain
+        raise
+    run.summary["elapsed_s"] = round(time.perf_counter() - t_start, 3)
     if "aggregate" in steps:
-        with stage(stages, run.calls, "aggregate"):
+        with stage(stages, "aggregate"):
             out = run.aggregate(cfg.tasks)
         # written again so that results.json holds the aggregate stage's own row too
         atomic_write_text(run.dir / "results.json", json.dumps(out, indent=2, default=str))

@@ -19,19 +19,21 @@ def is_local(backend, mcfg=None) -> bool:
 
 
 @contextlib.contextmanager
-def stage(rows: list, calls, name: str, task: str | None = None, model: str | None = None, local=False):
-    """Times the block and appends its row; the call counts are the call layer's stats delta.
+def stage(rows: list, name: str, task: str | None = None, model: str | None = None, local=False):
+    """Times the block and appends its row; the call counts are those of the calls made inside it
+    (``harness.calls.counting``), so stages that overlap in time each count their own.
 
     ``local`` may be a callable, read when the block ends (the backend exists only then)."""
-    before = calls.stats.to_dict()
+    from harness.calls import counting
+
     t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        wall = time.perf_counter() - t0
-        now = calls.stats.to_dict()
-        d = {k: now[k] - before[k] for k in ("requests", "cached", "sent", "failed",
-                                              "prompt_tokens", "completion_tokens")}
+    with counting() as stats:
+        try:
+            yield
+        finally:
+            wall = time.perf_counter() - t0
+            now = stats.to_dict()
+            d = {k: now[k] for k in ("requests", "cached", "sent", "failed", "prompt_tokens", "completion_tokens")}
         loc = bool(local() if callable(local) else local)
         row = {"stage": name, "task": task, "model": model, "wall_s": round(wall, 6), **d, "local": loc,
                # tokens computed here per second of the stage's wall time; cache hits compute nothing
@@ -40,8 +42,9 @@ def stage(rows: list, calls, name: str, task: str | None = None, model: str | No
         rows.append(row)
 
 
-def format_table(rows: list[dict]) -> str:
-    """The stage rows as a fixed-width table; tokens/s only for local engines ("-" otherwise)."""
+def format_table(rows: list[dict], elapsed_s: float | None = None) -> str:
+    """The stage rows as a fixed-width table; tokens/s only for local engines ("-" otherwise).
+    ``elapsed_s``: the run's wall time, less than the stages' sum when judging overlapped generation."""
     def rate(x):
         return f"{x:.1f}" if x is not None else "-"
 
@@ -53,4 +56,6 @@ def format_table(rows: list[dict]) -> str:
                      f"{r['completion_tokens']:9d} {rate(r.get('prompt_tokens_per_s')):>12s} "
                      f"{rate(r.get('tokens_per_s')):>11s}")
     lines.append(f"{'total':10s} {'':24s} {'':22s} {sum(r['wall_s'] for r in rows):8.2f}")
+    if elapsed_s is not None:
+        lines.append(f"{'elapsed':10s} {'(score and judge steps overlap generation)':47s} {elapsed_s:8.2f}")
     return "\n".join(lines)
