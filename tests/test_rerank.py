@@ -617,3 +617,33 @@ def test_janus_format_conversation_text(value_head_rm):
     assert rm.encode("Be brief.", ["q one"], ["a one"]) == rm.encode("Be brief.", "q one", "a one")
     with pytest.raises(ValueError, match="2 turns for 1 answers"):
         rm.encode(None, ["a", "b"], ["x"])
+
+
+def test_rerank_samples_under_the_run_configs_call_settings(tmp_path, data_dir, seq_cls_rm, monkeypatch):
+    """The pool is sampled through the run's call layer settings (concurrency, retries, cost limit), as the
+    run's own steps are: an experiment's best-of-n stage is bound by the config's `calls:` too."""
+    import harness.calls
+    from harness.cli import main
+    from harness.config import parse_config
+    from harness.pipeline import run_all
+
+    BACKENDS.register("rerank-writer", WriterBackend)
+    cfg = parse_config({
+        "name": "bon", "data_dir": str(data_dir),
+        "models": [{"name": "m1", "backend": "rerank-writer", "model": "writer", "generation": {"max_tokens": 16}}],
+        "tasks": [{"name": "multifaceted_bench", "options": {"path": str(EXAMPLE), "n_boot": 20}}],
+        "calls": {"concurrency": 1, "max_retries": 7, "max_cost": 12.5},
+    })
+    run_dir = tmp_path / "run"
+    asyncio.run(run_all(cfg, run_dir, steps=("build", "generate", "aggregate")))
+    seen = []
+
+    class Recording(harness.calls.CallLayer):
+        def __init__(self, path, settings=None):
+            super().__init__(path, settings)
+            seen.append(self.settings)
+
+    monkeypatch.setattr(harness.calls, "CallLayer", Recording)
+    assert main(["rerank", "--candidates", str(run_dir), "--reward-model", str(seq_cls_rm), "--n", "1,2",
+                 "--model", "m1", "--no-analysis"]) == 0
+    assert seen and all((s.concurrency, s.max_retries, s.max_cost) == (1, 7, 12.5) for s in seen)

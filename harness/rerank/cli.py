@@ -45,6 +45,19 @@ def rerank_scorer(spec: str, run_dir: Path | None = None, task: str | None = Non
         raise RerankError(f"{flag}: {e}") from None
 
 
+def run_call_settings(run_dir: Path):
+    """The call settings of the run whose directory receives the models (its ``config.yaml``'s ``calls:``:
+    concurrency, rate and cost limits, retries, prices), so the pool is sampled as the run's own steps are;
+    defaults for a directory without a config."""
+    from harness.calls import CallSettings
+    from harness.config import load_config
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return CallSettings()
+    return CallSettings.from_dict(load_config(path).calls, f"{path}: calls")
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "rerank", help="best-of-n reranking / rescoring of a candidate pool with a reward model",
@@ -93,7 +106,7 @@ def cmd_rerank(args) -> int:
         raise RerankError(f"--candidates: {cand} is not a run directory (no run.sqlite)")
     if cand.is_file() and not args.out:
         raise RerankError("--out: a run directory is needed when --candidates is a file")
-    calls = CallLayer(run_dir / "cache.sqlite")
+    calls = CallLayer(run_dir / "cache.sqlite", run_call_settings(run_dir))
     scorer = oracle = None
     try:
         rm_opts = {"device": args.device, "dtype": args.dtype}
