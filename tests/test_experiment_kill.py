@@ -54,6 +54,19 @@ CALL_KINDS = ("collection", "generate", "rerank-sampling", "judge", "judge-besto
 TRAINED = Counter({"sft": 1, "rm": 1})
 
 
+def _differences(got: dict, want: dict) -> str:
+    """task/model: the metrics that differ, both ways (the assertion's message)."""
+    out = []
+    for task in sorted(set(got) | set(want)):
+        for model in sorted(set(got.get(task, {})) | set(want.get(task, {}))):
+            a, b = got.get(task, {}).get(model), want.get(task, {}).get(model)
+            if a != b:
+                keys = sorted(set(a or {}) | set(b or {}))
+                out.append(f"{task}/{model}: " + ", ".join(f"{k} {(a or {}).get(k)!r} vs {(b or {}).get(k)!r}"
+                                                            for k in keys if (a or {}).get(k) != (b or {}).get(k)))
+    return "; ".join(out)
+
+
 def _harness(root: Path, config: Path, log: Path, kill: str = "none", k: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", DRIVER, kill, str(k), "run", str(config), "--out", str(root / "run")]
     return subprocess.run(cmd, cwd=REPO, env={**ENV, "KILL_LOG": str(log)}, capture_output=True, text=True,
@@ -117,7 +130,8 @@ def test_sigkill_anywhere_then_rerun_resumes_repeats_nothing_loses_nothing(kill,
     assert not [e for e in after if e["ev"] == "kill"]
 
     # 1. loses nothing: the numbers of the uninterrupted run
-    assert _results(tmp_path) == reference["results"]
+    got = _results(tmp_path)
+    assert got == reference["results"], _differences(got, reference["results"])
     assert (tmp_path / "report" / "report.html").exists()
 
     # 2. no finished model call sent again

@@ -242,6 +242,25 @@ def test_lora_sft_is_merged_into_a_plain_checkpoint(tiny_model_dir, sft_file, tm
     assert torch.equal(k_merged, base.model.layers[0].self_attn.k_proj.weight), "untargeted modules unchanged"
 
 
+def test_training_does_not_depend_on_what_the_process_did_before(tiny_model_dir, pair_file, tmp_path):
+    """The reward head is initialised at random: the config's seed decides it, not the global RNG state
+    left by earlier work in the process (an experiment resumed after a kill trains its RM in a fresh
+    process, where no SFT run drew from the RNG first)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from trainer.api import train
+
+    weights = []
+    for k, state in enumerate((1, 2)):
+        torch.manual_seed(state)
+        torch.rand(7)  # some earlier work
+        out = train("rm", _config(tiny_model_dir, tmp_path / f"rm{k}", pair_file, max_steps=1))
+        weights.append(load_file(str(out / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_reward_model_trains_and_scores_through_the_scorer(tiny_model_dir, pair_file, tmp_path):
     from trainer.api import train
     from trainer.card import read_card

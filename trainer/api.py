@@ -41,4 +41,9 @@ def train(method: str, config: TrainConfig | dict | str | Path, overrides: dict 
         cfg = config
     else:
         raise TypeError("config must be a TrainConfig, a dict or a path to a YAML file")
+    # before any model is built: a freshly initialised head (the reward model's) or adapter is drawn
+    # from the config's seed, not from whatever the process drew before (the Trainer seeds only later)
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
     return _runner(method)(cfg)
