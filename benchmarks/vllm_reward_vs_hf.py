@@ -2,7 +2,7 @@
 
 The pool: first-turn answers of ``--candidates`` models to ``--prompts`` MT-Bench questions (real answers,
 a real length spread), with a preference system message. The reward model: a one-label sequence classifier
-on the embedded SmolLM2-135M-Instruct (random head), or ``--reward-model DIR`` (either layout; a JANUS-RM
+of the embedded SmolLM2-135M-Instruct's shape (random weights), or ``--reward-model DIR`` (either layout; a JANUS-RM
 value-head checkpoint runs through its vLLM view). Both engines score the same candidates in float32; the
 script prints candidates/s of each, the vllm/hf ratio and the largest reward difference (must be < 1e-3).
 vLLM's engine start is timed apart from scoring (it is paid once per job).
@@ -29,38 +29,24 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.rerank_scoring import load_pool  # noqa: E402
-
-
-def seq_cls_rm(out: Path) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from harness.models import default_model_dir
-
-    src = default_model_dir()
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(src)
-    model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+from tests.support.reward_models import build_seq_cls_rm  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--candidates", type=int, default=8)
-    ap.add_argument("--reward-model", help="a reward model directory (default: a random head on SmolLM2)")
+    ap.add_argument("--reward-model", help="a reward model directory (default: random weights of SmolLM2-135M's shape)")
     ap.add_argument("--device", default="cpu", help="the hf scorer's device")
     args = ap.parse_args()
 
+    from harness.models import default_model_dir
     from harness.scorers import RewardModelScorer
 
     triples = [t for group in load_pool(args.prompts, args.candidates) for t in group]
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("HARNESS_CACHE", str(Path(tmp) / "cache"))
-        rm = Path(args.reward_model) if args.reward_model else seq_cls_rm(Path(tmp) / "rm")
+        rm = Path(args.reward_model) if args.reward_model else build_seq_cls_rm(default_model_dir(), Path(tmp) / "rm")
         hf = RewardModelScorer(str(rm), device=args.device)
         t0 = time.perf_counter()
         want = hf.batcher.score(triples)
@@ -78,7 +64,7 @@ def main() -> None:
 
     diff = max(abs(a - b) for a, b in zip(want, got))
     print(json.dumps({
-        "candidates": len(triples), "reward_model": str(args.reward_model or "SmolLM2-135M + random head"),
+        "candidates": len(triples), "reward_model": str(args.reward_model or "SmolLM2-135M shape, random weights"),
         "hf_bucketed": {"wall_s": round(hf_s, 2), "candidates_per_s": round(len(triples) / hf_s, 1)},
         "vllm_pooling": {"engine_start_s": round(start_s, 1), "wall_s": round(vllm_s, 2),
                          "candidates_per_s": round(len(triples) / vllm_s, 1)},

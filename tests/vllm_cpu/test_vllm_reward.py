@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from harness.models import default_model_dir  # noqa: E402
-from tests.support.reward_models import build_value_head_rm  # noqa: E402
+from tests.support.reward_models import build_seq_cls_rm, build_value_head_rm  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -33,19 +33,10 @@ CONVS = [
 
 @pytest.fixture(scope="module")
 def seq_cls_rm(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     if not (MODEL / "config.json").exists():
         pytest.skip(f"{MODEL}: run `harness models prepare` first")
-    out = tmp_path_factory.mktemp("rm") / "seqcls"
-    torch.manual_seed(0)
-    m = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=1, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(MODEL)
-    m.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    m.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    # SmolLM2's shape and tokenizer, random weights: a one-label classifier as `harness train rm` writes
+    return build_seq_cls_rm(MODEL, tmp_path_factory.mktemp("rm") / "seqcls")
 
 
 @pytest.fixture(scope="module")
