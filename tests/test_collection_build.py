@@ -10,7 +10,7 @@ from harness.backends.base import Backend, GenResult
 from harness.cli import main
 from harness.jsonl import read_jsonl
 from harness.registry import BACKENDS
-from tasks.multifaceted import prompts as P
+from support.collection_outputs import stage_output
 from tasks.multifaceted.sources import build_pool, normalise_text, sample_instructions
 from trainer.data import PAIR, SFT, DataConfig, prepare
 
@@ -24,20 +24,10 @@ class VariantGen(Backend):
     default_concurrency = 2
 
     async def generate(self, requests):
-        out = []
         for r in requests:
-            system = r.messages[0]["content"]
-            CALLS[system[:20]] += 1
-            if system == P.SYSTEM_PROMPT_PREFERENCE_SET:
-                text = json.dumps({"preference_set": [
-                    {"dimension": d, "subdimension": f"sub{r.sample_index}", "preference": f"likes {d} a lot",
-                     "description": f"variant {r.sample_index} of {d}"} for d in P.DIMENSIONS]})
-            elif system == P.SYSTEM_PROMPT_SYSTEM_MESSAGE:
-                text = f"You are persona number {r.sample_index}, careful and kind."
-            else:
-                text = f"answer under [{system}]"
-            out.append(GenResult(text=text, completion_tokens=5))
-        return out
+            CALLS[r.messages[0]["content"][:20]] += 1
+        return [GenResult(text=stage_output(r, lambda r, system: f"answer under [{system}]"), completion_tokens=5)
+                for r in requests]
 
 
 BACKENDS.register(VariantGen.name, VariantGen)

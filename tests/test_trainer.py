@@ -291,22 +291,15 @@ def test_reward_model_trains_and_scores_through_the_scorer(tiny_model_dir, pair_
 # ----------------------------------------------------------------------------------------------
 def _save_value_head_checkpoint(tiny_model_dir, out: Path, mean=None, std=None):
     """A tiny random model saved as OpenRLHF saves LLMForSequenceRegression: base under 'model.', value_head."""
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoTokenizer, LlamaModel
+    from transformers import AutoConfig, LlamaModel
+
+    from support.reward_models import save_value_head_checkpoint
 
     torch.manual_seed(11)
     config = AutoConfig.from_pretrained(tiny_model_dir)
     base = LlamaModel(config)
     head = torch.randn(1, config.hidden_size) * 0.5
-    state = {f"model.{k}": v.contiguous() for k, v in base.state_dict().items()}
-    state["value_head.weight"] = head
-    out.mkdir(parents=True)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config.architectures = ["LlamaForCausalLM"]
-    if mean is not None:
-        config.mean, config.std = mean, std
-    config.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    save_value_head_checkpoint(out, base, head, config, tiny_model_dir, mean, std)
     return base.eval(), head
 
 

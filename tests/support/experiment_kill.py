@@ -36,21 +36,10 @@ class CollectionGen(Backend):
     default_concurrency = 2
 
     async def generate(self, requests):
-        from tasks.multifaceted import prompts as P
+        from support.collection_outputs import stage_output
 
-        out = []
-        for r in requests:
-            system = r.messages[0]["content"]
-            if system == P.SYSTEM_PROMPT_PREFERENCE_SET:
-                text = json.dumps({"preference_set": [
-                    {"dimension": d, "subdimension": f"sub{r.sample_index}", "preference": f"likes {d} a lot",
-                     "description": f"variant {r.sample_index} of {d}"} for d in P.DIMENSIONS]})
-            elif system == P.SYSTEM_PROMPT_SYSTEM_MESSAGE:
-                text = f"You are persona number {r.sample_index}, careful and kind."
-            else:
-                text = f"answer {r.sample_index} under [{system[:40]}]"
-            out.append(GenResult(text=text, completion_tokens=5))
-        return out
+        return [GenResult(text=stage_output(r, lambda r, system: f"answer {r.sample_index} under [{system[:40]}]"),
+                          completion_tokens=5) for r in requests]
 
 
 for _cls in (OneByOneScripted, CollectionGen):
