@@ -95,7 +95,7 @@ def test_top_p_and_penalty_match_transformers_processors():
     probs = want[0].softmax(-1)
     draws = []
     for k in range(400):
-        sampler = RowSampler([GenRequest(**{**req.__dict__, "sample_index": k})], ["x"], [list(history)])
+        sampler = RowSampler([GenRequest(**{**req.__dict__, "sample_index": k})], [list(history)])
         draws.append(sampler.pick(logits, [0])[0])
     assert len(allowed) < 50 and set(draws) <= allowed and len(set(draws)) > 1
     # the draws follow the processed distribution (a loose check: 400 draws)

@@ -13,7 +13,6 @@ from harness.models import looks_local, resolve_model_path
 from harness.templates import render_chat
 
 
-
 class HFBackend(Backend):
     name = "hf"
     max_batch = 8
@@ -194,7 +193,7 @@ class HFBackend(Backend):
             return None
         if self._prefixes is not None and hf_batching.plain_greedy(reqs) and prefix_cache.eligible(model, reqs):
             return prefix_cache.one_token(self, self._prefixes, reqs)
-        return hf_batching.greedy(self, reqs) if self.dynamic_batching else None
+        return hf_batching.decode(self, reqs) if self.dynamic_batching else None
 
     def _generate_group(self, reqs: list[GenRequest]) -> list[GenResult]:
         import torch
@@ -226,7 +225,7 @@ class HFBackend(Backend):
 
             ids = [[int(t) for t, m in zip(row, mrow) if m] for row, mrow in zip(enc["input_ids"].tolist(),
                                                                                  enc["attention_mask"].tolist())]
-            processors.append(RowSampler(reqs, [str(i) for i in ids], ids).processor())
+            processors.append(RowSampler(reqs, ids).processor())
         if processors:
             kwargs["logits_processor"] = processors
         with torch.no_grad():

@@ -68,7 +68,7 @@ def stop_ids(model, tok) -> set[int]:
     return set(_as_list(model.generation_config.eos_token_id)) | {tok.eos_token_id}
 
 
-def greedy(backend, reqs: list[GenRequest]) -> list[GenResult]:
+def decode(backend, reqs: list[GenRequest]) -> list[GenResult]:
     """Decode one group (one sampling setup) in a dynamic batch: argmax, or each request's own draws."""
     import torch
     from transformers import DynamicCache
@@ -78,7 +78,7 @@ def greedy(backend, reqs: list[GenRequest]) -> list[GenResult]:
     model, tok = backend.load()
     t0 = time.perf_counter()
     rows = prompt_ids(backend, reqs)
-    sampler = None if plain_greedy(reqs) else RowSampler(reqs, [str(r) for r in rows], rows)
+    sampler = None if plain_greedy(reqs) else RowSampler(reqs, rows)
     pad = tok.pad_token_id
     width = max(len(r) for r in rows)
     dev = backend.device

@@ -3,7 +3,7 @@
 ``model.generate`` draws every row of a batch from torch's one global generator, so a row's text depends
 on which other requests share its batch, and a resumed run (which has only the missing requests to do)
 would draw other samples than an uninterrupted one. Here each request gets its own ``torch.Generator``,
-seeded from (seed, sample index, rendered prompt), as the vllm backend seeds its samples.
+seeded from (seed, sample index, prompt token ids), as the vllm backend seeds its samples.
 
 The per-token math is that of ``generate``'s processors, in its order: repetition penalty (over the
 request's prompt and generated tokens; pads are not tokens of the request), temperature, top-p (the
@@ -21,15 +21,15 @@ from typing import Sequence
 from harness.backends.base import GenRequest
 
 
-def row_seed(req: GenRequest, prompt: str | Sequence[int]) -> int:
-    src = f"{req.seed}:{req.sample_index}:{prompt}"
+def row_seed(req: GenRequest, prompt_ids: Sequence[int]) -> int:
+    src = f"{req.seed}:{req.sample_index}:{list(prompt_ids)}"
     return int(hashlib.sha256(src.encode()).hexdigest()[:16], 16)
 
 
 class RowSampler:
     """Picks the next token of each request of a group (one sampling setup) from its own generator."""
 
-    def __init__(self, reqs: list[GenRequest], prompts: list, prompt_ids: list[list[int]]):
+    def __init__(self, reqs: list[GenRequest], prompt_ids: list[list[int]]):
         import torch
 
         r0 = reqs[0]
@@ -37,9 +37,9 @@ class RowSampler:
         self.penalty = float(r0.repetition_penalty or 1.0)
         self.history = [list(p) for p in prompt_ids]  # the tokens the penalty looks at, per request
         self.gens = []
-        for r, p in zip(reqs, prompts):
+        for r, ids in zip(reqs, prompt_ids):
             g = torch.Generator()
-            g.manual_seed(row_seed(r, p))
+            g.manual_seed(row_seed(r, ids))
             self.gens.append(g)
 
     def pick(self, logits, rows: Sequence[int]):

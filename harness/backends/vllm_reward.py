@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from harness.backends.reward_model import VALUE_HEAD, RewardScorer, _weight_files
+from harness.backends.reward_model import VALUE_HEAD, RewardScorer, _weight_files, detect_kind
 
 #: candidates per ``LLM.classify`` call: the engine schedules within a call; between calls the scores are stored
 CHUNK = 512
@@ -37,7 +37,6 @@ CHUNK = 512
 def vllm_view_dir(path: Path, cache_root: Path | None = None) -> Path:
     """A directory vLLM loads as a one-label sequence classifier: ``path`` itself unless it is a
     value-head checkpoint, else its renamed view (written once, atomically)."""
-    from harness.backends.reward_model import detect_kind
     from harness.scorers import file_fingerprint
 
     path = Path(path)
@@ -105,12 +104,14 @@ class VLLMRewardEngine:
     def __init__(self, scorer: RewardScorer, path: Path, dtype: str = "float32", engine_args: dict | None = None):
         self.scorer = scorer  # its tokenizer and format encode; its model is not loaded (None)
         self.path = Path(path)
-        self.engine_kwargs = {"dtype": dtype, **(engine_args or {})}
-        self.mean, self.std, self.normalize = 0.0, 1.0, False
-        if scorer.kind == VALUE_HEAD:
+        # the hf scorer's truncation length bounds every sequence; engine_args may say otherwise
+        self.engine_kwargs = {"dtype": dtype, "max_model_len": scorer.max_length, **(engine_args or {})}
+        # load_reward_model resolved whether a value-head model normalises (it checked mean/std exist)
+        self.normalize = bool(scorer.normalize)
+        self.mean = self.std = None
+        if self.normalize:
             config = json.loads((self.path / "config.json").read_text())
-            self.normalize = scorer.normalize if scorer.normalize is not None else ("mean" in config and "std" in config)
-            self.mean, self.std = float(config.get("mean", 0.0)), float(config.get("std", 1.0))
+            self.mean, self.std = float(config["mean"]), float(config["std"])
         self.name, self.version = scorer.name, scorer.version
         self._llm = None
         self._lock = threading.Lock()
@@ -120,9 +121,8 @@ class VLLMRewardEngine:
             if self._llm is None:
                 from harness.backends.vllm_backend import vllm_llm_class
 
-                self._llm = vllm_llm_class("reward engine 'vllm'")(model=str(vllm_view_dir(self.path)), runner="pooling",
-                                max_model_len=self.engine_kwargs.pop("max_model_len", None) or self.scorer.max_length,
-                                **self.engine_kwargs)
+                llm_class = vllm_llm_class("reward engine 'vllm'")
+                self._llm = llm_class(model=str(vllm_view_dir(self.path)), runner="pooling", **self.engine_kwargs)
         return self._llm
 
     def encode(self, triples: Sequence[tuple]) -> list[list[int]]:
