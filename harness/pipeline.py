@@ -385,9 +385,8 @@ async def execute(run: Run, steps, instances: dict[str, list[Instance]] | None =
         if "generate" in steps or "score" in steps:
             with stage(stages, "score", tcfg.name):
                 scored = await run.score(tcfg)
-            if not scored:  # no classifier scores this task: no row
-                stages.pop(next(i for i in range(len(stages) - 1, -1, -1)
-                                if stages[i]["stage"] == "score" and stages[i]["task"] == tcfg.name))
+            if not scored:  # no classifier scores this task: no row (no await since the row was appended:
+                stages.pop()  # it is still the last one, whatever runs beside this step)
         jcfg = cfg.judge_for(tcfg)
         if "judge" in steps and jcfg is not None:
             with stage(stages, "judge", tcfg.name, jcfg.name, local(jcfg)):
