@@ -148,3 +148,49 @@ def test_a_sample_does_not_depend_on_its_batch(tiny_model_dir):
     other = [r.text for r in fast.generate_sync([GenRequest(messages=reqs[0].messages, sample_index=s,
                                                             **{**spec, "seed": 4}) for s in range(3)])]
     assert other != together[:3]
+
+
+def _no_generate(backend):
+    """Make ``generate`` unavailable on the backend's model, so a test knows which path answered."""
+    def refuse(*a, **k):
+        raise AssertionError("model.generate was called")
+    backend._model.generate = refuse
+
+
+def test_json_schema_requests_decode_in_dynamic_batches_as_generate_does(tiny_model_dir):
+    """Under a JSON schema, the dynamic-batch decoder (structured.RowGrammars) emits generate()'s tokens
+    (xgrammar's logits processor), greedy and sampled, logprobs (of the constrained distribution) included."""
+    schema = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5},
+                                               "why": {"type": "string", "maxLength": 12}},
+              "required": ["score", "why"], "additionalProperties": False}
+    plain, fast = _pair(str(tiny_model_dir))
+    msgs = [[{"role": "user", "content": "Rate this " * (i + 1)}] for i in range(4)]
+    greedy = [GenRequest(messages=m, max_tokens=40, json_schema=schema, logprobs=True, top_logprobs=2) for m in msgs]
+    sampled = [GenRequest(messages=m, max_tokens=40, json_schema=schema, temperature=1.0, top_p=0.9, seed=2,
+                          sample_index=i) for i, m in enumerate(msgs)]
+    refs = [plain.generate_sync(greedy), plain.generate_sync(sampled)]
+    _no_generate(fast)
+    for reqs, ref in zip((greedy, sampled), refs):
+        out = fast.generate_sync(reqs)
+        _same(ref, out)
+        assert all(r.finish_reason == "stop" for r in out)
+
+
+def test_a_shared_prompt_prefix_runs_once_with_the_unshared_texts(tiny_model_dir):
+    """Prompts sharing a long prefix (a template) decode over the prefix's cache, run once per batch and
+    reused by the next batch: the texts and logprobs of the unshared path."""
+    from harness.backends.prefix_cache import MIN_SHARED
+
+    template = "You are grading a response against a rubric. Read it carefully and think. " * 4
+    plain, fast = _pair(str(tiny_model_dir))
+    fast.max_batch = 3
+    msgs = [[{"role": "user", "content": template + f"Item {i}: " + "more " * i}] for i in range(6)]
+    reqs = [GenRequest(messages=m, max_tokens=16, logprobs=True) for m in msgs]
+    shared = len(fast.tokenizer(fast.render(reqs[0]), add_special_tokens=False)["input_ids"])
+    assert shared > MIN_SHARED
+    ref = [r for b in (reqs[:3], reqs[3:]) for r in plain.generate_sync(b)]
+    out = [r for b in (reqs[:3], reqs[3:]) for r in fast.generate_sync(b)]
+    _same(ref, out)
+    assert (fast._prefixes.misses, fast._prefixes.hits) == (1, 1)  # the second batch reused the first's prefix
+    sampled = [GenRequest(messages=m, max_tokens=16, temperature=1.0, seed=4) for m in msgs[:3]]
+    _same(plain.generate_sync(sampled), fast.generate_sync(sampled))

@@ -184,14 +184,15 @@ class HFBackend(Backend):
         return out
 
     def _fast_path(self, reqs: list[GenRequest]) -> list[GenResult] | None:
-        """Plain greedy requests without generate(): one-token ones share their prompt prefixes
-        (``prefix_cache``), longer ones decode in dynamic batches (``hf_batching``). None: not here."""
+        """Requests without generate(): one-token plain greedy ones share their prompt prefixes
+        (``prefix_cache``), the others decode in dynamic batches (``hf_batching``). None: not here."""
         from harness.backends import hf_batching, prefix_cache
 
         model, _ = self.load()
         if not hf_batching.eligible(model, reqs):
             return None
-        if self._prefixes is not None and hf_batching.plain_greedy(reqs) and prefix_cache.eligible(model, reqs):
+        if (self._prefixes is not None and hf_batching.plain_greedy(reqs) and reqs[0].json_schema is None
+                and prefix_cache.eligible(model, reqs)):
             return prefix_cache.one_token(self, self._prefixes, reqs)
         return hf_batching.decode(self, reqs) if self.dynamic_batching else None
 

@@ -49,13 +49,26 @@ class PrefixCache:
             self.entries.popitem(last=False)
 
 
-def eligible(model, reqs: list[GenRequest]) -> bool:
-    """One-token requests on a model whose every layer attends to the whole prompt (a sliding
-    window or a recurrent state would need its own cache layers)."""
+def full_attention(model) -> bool:
+    """Every layer attends to the whole prompt (a sliding window or a recurrent state would need
+    its own cache layers), so a prefix's keys and values serve every prompt that starts with it."""
     cfg = model.config.get_text_config(decoder=True)
-    full = getattr(cfg, "sliding_window", None) is None and all(
+    return getattr(cfg, "sliding_window", None) is None and all(
         t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
-    return full and all(r.max_tokens == 1 for r in reqs)
+
+
+def eligible(model, reqs: list[GenRequest]) -> bool:
+    """One-token requests on a model with full attention."""
+    return full_attention(model) and all(r.max_tokens == 1 for r in reqs)
+
+
+def batch_prefix(rows: list[list[int]], min_shared: int = MIN_SHARED) -> int:
+    """Length of the prefix every row shares, leaving each row a token of its own; 0 when shorter
+    than ``min_shared`` (not worth its own forward pass)."""
+    n = min(len(r) for r in rows) - 1
+    for r in rows[1:]:
+        n = _common(rows[0], r, n)
+    return n if n >= min_shared else 0
 
 
 def groups(rows: list[list[int]], min_shared: int = MIN_SHARED) -> list[tuple[int, list[int], int]]:
@@ -115,10 +128,11 @@ def one_token(backend, cache: PrefixCache, reqs: list[GenRequest]) -> list[GenRe
                 plan[g] = (len(key), members, src)
     with torch.no_grad(), cache.lock:
         for n, members, src in plan:
-            kv = _prefix_kv(model, cache, rows[src][:n], backend.device) if n else None
+            kv = prefix_kv(model, cache, rows[src][:n], backend.device) if n else None
             if not members:
                 continue
-            logits = _suffix_logits(model, kv, n, [rows[i][n:] for i in members], tok.pad_token_id, backend.device)
+            logits = suffix_prefill(model, kv, n, [rows[i][n:] for i in members], tok.pad_token_id,
+                                    backend.device)[0]
             lp = logits.log_softmax(-1)
             for j, i in enumerate(members):
                 out_ids[i].append(int(logits[j].argmax()))
@@ -129,7 +143,7 @@ def one_token(backend, cache: PrefixCache, reqs: list[GenRequest]) -> list[GenRe
                   [len(r) for r in rows], latency)
 
 
-def _prefix_kv(model, cache: PrefixCache, prefix: list[int], device) -> list:
+def prefix_kv(model, cache: PrefixCache, prefix: list[int], device) -> list:
     """Per-layer (key, value) of ``prefix`` (batch 1), from the LRU or computed, extending the
     longest stored prefix of it when there is one."""
     import torch
@@ -155,9 +169,11 @@ def _prefix_kv(model, cache: PrefixCache, prefix: list[int], device) -> list:
     return kv
 
 
-def _suffix_logits(model, kv, n: int, suffixes: list[list[int]], pad: int, device):
-    """Last-token logits of each ``prefix + suffix``: [pads][suffix] after the prefix, pads masked,
-    the suffix at positions n, n+1, ... as in the whole prompt."""
+def suffix_prefill(model, kv, n: int, suffixes: list[list[int]], pad: int, device):
+    """Each ``prefix + suffix`` run over the prefix's keys and values (``kv``, batch 1, expanded over
+    the batch): [pads][suffix] after the prefix, pads masked, the suffix at positions n, n+1, ... as
+    in the whole prompt. Returns (last-token logits, attention mask, positions of the suffix tokens,
+    the filled cache), which a decoder continues from."""
     import torch
     from transformers import DynamicCache
 
@@ -171,7 +187,7 @@ def _suffix_logits(model, kv, n: int, suffixes: list[list[int]], pad: int, devic
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{cache_kw(model): dc})
     check_filled(dc, n + width)
-    return out.logits[:, -1, :].float()
+    return out.logits[:, -1, :].float(), mask, pos, dc
 
 
 def _common(a: list[int], b: list[int], limit: int) -> int:

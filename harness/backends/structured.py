@@ -1,8 +1,9 @@
 """Structured generation: JSON schemas on requests, compiled for grammar-constrained decoding.
 
 The ``hf`` backend constrains decoding with xgrammar (``pip install 'janus-harness[structured]'``):
-the schema is compiled once per tokenizer into a grammar, and xgrammar's transformers logits
-processor masks every token that could not continue a JSON text matching it. Compact JSON
+the schema is compiled once per tokenizer into a grammar, and every token that could not continue
+a JSON text matching it is masked: by ``RowGrammars`` in the dynamic-batch decoder, by xgrammar's
+transformers logits processor where ``generate`` runs (the same per-row state, the same tokens). Compact JSON
 (no free whitespace between tokens) keeps a small model from spending its budget on blanks.
 
 Every schema is first checked as a JSON Schema (Draft 2020-12 meta-schema), so an invalid one
@@ -91,3 +92,30 @@ class GrammarCache:
         from xgrammar.contrib.hf import LogitsProcessor
 
         return LogitsProcessor([self.compiled(s) for s in schemas])
+
+
+class RowGrammars:
+    """Grammar state per request for the dynamic-batch decoder (``hf_batching.decode``), kept as
+    xgrammar's transformers processor keeps it in ``generate``: each step a running matcher refills
+    its row's mask, a terminated one keeps its last mask, and the token picked is accepted."""
+
+    def __init__(self, cache: GrammarCache, reqs):
+        xgr = cache._xgr
+        self._xgr = xgr
+        grammars = [cache.compiled(r.json_schema) for r in reqs]
+        self.matchers = [xgr.GrammarMatcher(g) for g in grammars]
+        self.bitmask = xgr.allocate_token_bitmask(len(reqs), grammars[0].tokenizer_info.vocab_size)
+
+    def mask(self, logits, rows) -> None:
+        """Mask ``logits`` in place (row j holds request ``rows[j]``)."""
+        import torch
+
+        for b in rows:
+            if not self.matchers[b].is_terminated():
+                self.matchers[b].fill_next_token_bitmask(self.bitmask, b)
+        self._xgr.apply_token_bitmask_inplace(logits, self.bitmask[torch.tensor(list(rows), dtype=torch.long)])
+
+    def accept(self, b: int, token: int) -> None:
+        m = self.matchers[b]
+        if not m.is_terminated() and not m.accept_token(token):
+            raise RuntimeError(f"hf: token {token} does not continue the JSON schema of request {b}")
