@@ -16,6 +16,13 @@
 Every stage goes through the same command a user would type, so a SIGKILL anywhere costs at
 most what that command loses (the calls in flight, the training run in progress), and a rerun
 skips what is done. The time of each stage is printed at the end.
+
+``jobs: N`` (default 1) runs up to N stages at once where the graph allows it: a bench build
+beside a collection build that reads only the bench's config, training stages beside each other
+unless one starts from another's output. Each stage then runs in a forked child process (one
+core each for a CPU model: torch's own threads scale worse on small models) that dies with the
+experiment (``PR_SET_PDEATHSIG``); the first stage to fail stops the others. The evaluation,
+best-of-n and the report write one run directory and stay one after another.
 """
 from __future__ import annotations
 
@@ -59,6 +66,7 @@ class Experiment:
     train: list = field(default_factory=list)
     best_of: list = field(default_factory=list)
     report: dict | None = None  # {out, baseline}
+    jobs: int = 1  # stages that may run at once, each in a child process
 
     def train_outputs(self) -> set[str]:
         """Output directories the train stages will write (resolved), so config checks can wait for them."""
@@ -111,6 +119,10 @@ def parse_experiment(raw: dict | None, file: str) -> Experiment | None:
         if not entry.n or not all(isinstance(n, int) and n >= 1 for n in entry.n):
             raise ValueError(f"{w}.n: a list of positive integers, got {entry.n!r}")
         exp.best_of.append(entry)
+    jobs = raw.get("jobs", 1)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"{where}.jobs: a positive integer, got {jobs!r}")
+    exp.jobs = jobs
     rep = raw.get("report")
     if rep is not None and (not isinstance(rep, dict) or set(rep) - {"out", "baseline"}):
         raise ValueError(f"{where}.report: expected {{out, baseline}}, got {rep!r}")
@@ -131,32 +143,42 @@ def check_against_run(exp: Experiment, cfg, where: str) -> None:
                              f"tasks {sorted(tasks)}")
 
 
-def run_experiment(config_path: str, out_dir: Path, cli_main, passthrough: list[str] | None = None) -> int:
-    """Run every stage of the experiment in ``config_path`` through ``cli_main(argv)`` (the CLI);
-    ``passthrough``: `harness run` flags for the evaluation (--limit, --data-dir, --max-cost)."""
-    from harness.config import load_config
+@dataclass
+class Stage:
+    name: str
+    argv: object  # the CLI arguments, or a function giving them when the stage starts
+    after: list = field(default_factory=list)  # names of the stages that must end first
 
-    cfg = load_config(config_path)
-    exp = cfg.experiment
-    times: list[tuple[str, float]] = []
+    def args(self) -> list[str]:
+        return self.argv() if callable(self.argv) else self.argv
 
-    def stage(name: str, argv: list[str]) -> None:
-        print(f"[experiment] {name}: harness {' '.join(argv)}", flush=True)
-        t0 = time.perf_counter()
-        rc = cli_main(argv)
-        times.append((name, time.perf_counter() - t0))
-        if rc != 0:
-            raise SystemExit(rc)
 
-    for path in exp.bench:
-        stage(f"bench {Path(path).stem}", ["bench", "build", "multifaceted", "--config", path])
+def plan(exp: Experiment, config_path: str, out_dir: Path, passthrough: list[str] | None = None) -> list[Stage]:
+    """The experiment's stages in order, each with the stages it waits for."""
+    stages: list[Stage] = []
+    benches = [Stage(f"bench {Path(p).stem}", ["bench", "build", "multifaceted", "--config", p]) for p in exp.bench]
+    stages += benches
+    collections = []
     for path in exp.collection:
-        stage(f"collection {Path(path).stem}", ["bench", "build", "collection", "--config", path])
+        # a collection that names bench build configs needs their instruction selection only, not their output
+        refs = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("bench")
+        refs = refs if isinstance(refs, list) else [refs]
+        configs_only = all(isinstance(r, str) and r.endswith((".yaml", ".yml")) for r in refs)
+        collections.append(Stage(f"collection {Path(path).stem}", ["bench", "build", "collection", "--config", path],
+                                 [] if configs_only else [b.name for b in benches]))
+    stages += collections
+    trained: dict[str, str] = {}  # output dir -> the stage writing it
     for t in exp.train:
-        stage(f"train {t.method} {Path(t.config).stem}", ["train", t.method, "--config", t.config,
-                                                          "--skip-if-complete"])
+        raw = yaml.safe_load(Path(t.config).read_text(encoding="utf-8")) or {}
+        name = f"train {t.method} {Path(t.config).stem}"
+        # a model trained from another stage's output (DPO from the SFT model) waits for it
+        start = _resolved(raw.get("model"))
+        after = [c.name for c in collections] + ([trained[start]] if start in trained else [])
+        stages.append(Stage(name, ["train", t.method, "--config", t.config, "--skip-if-complete"], after))
+        if raw.get("output_dir"):
+            trained[_resolved(raw["output_dir"])] = name
     evaluate = ["run", config_path, "--out", str(out_dir), "--no-experiment", *(passthrough or [])]
-    stage("evaluate", evaluate)
+    stages.append(Stage("evaluate", evaluate, [s.name for s in stages]))
     for b in exp.best_of:
         argv = ["rerank", "--candidates", str(out_dir), "--task", b.task, "--model", b.model,
                 "--reward-model", b.reward_model, "--n", ",".join(str(n) for n in b.n),
@@ -167,23 +189,133 @@ def run_experiment(config_path: str, out_dir: Path, cli_main, passthrough: list[
             argv += ["--max-tokens", str(b.max_tokens)]
         if b.reward_engine != "hf":
             argv += ["--reward-engine", b.reward_engine]
-        stage(f"best-of-n {b.model} {b.task}", argv)
+        stages.append(Stage(f"best-of-n {b.model} {b.task}", argv, [stages[-1].name]))
     if exp.best_of:
-        stage("judge best-of-n", evaluate)
+        stages.append(Stage("judge best-of-n", evaluate, [stages[-1].name]))
     if exp.report is not None:
-        rep = ["report", str(out_dir), "--out", exp.report.get("out") or str(out_dir / "report")]
-        if exp.report.get("baseline"):
-            rep += ["--baseline", exp.report["baseline"]]
-        for b in exp.best_of:
-            label = b.label or Path(b.reward_model).name
-            csv = out_dir / "bestofn" / f"{b.model}__{label}.csv"
-            if csv.exists():
-                rep += ["--best-of-n", str(csv)]
-        stage("report", rep)
+        stages.append(Stage("report", lambda: report_argv(exp, out_dir), [stages[-1].name]))
+    return stages
+
+
+def report_argv(exp: Experiment, out_dir: Path) -> list[str]:
+    """Built when the report starts: it adds the best-of-n tables the best-of-n stages wrote."""
+    rep = ["report", str(out_dir), "--out", exp.report.get("out") or str(out_dir / "report")]
+    if exp.report.get("baseline"):
+        rep += ["--baseline", exp.report["baseline"]]
+    for b in exp.best_of:
+        csv = out_dir / "bestofn" / f"{b.model}__{_label(b)}.csv"
+        if csv.exists():
+            rep += ["--best-of-n", str(csv)]
+    return rep
+
+
+def _label(b: BestOf) -> str:
+    return b.label or Path(b.reward_model).name
+
+
+def _resolved(path) -> str | None:
+    return str(Path(os.path.expanduser(path)).resolve()) if isinstance(path, str) else None
+
+
+def run_experiment(config_path: str, out_dir: Path, cli_main, passthrough: list[str] | None = None) -> int:
+    """Run every stage of the experiment in ``config_path`` through ``cli_main(argv)`` (the CLI);
+    ``passthrough``: `harness run` flags for the evaluation (--limit, --data-dir, --max-cost)."""
+    from harness.config import load_config
+
+    cfg = load_config(config_path)
+    exp = cfg.experiment
+    stages = plan(exp, config_path, out_dir, passthrough)
+    t0 = time.perf_counter()
+    if exp.jobs == 1:
+        times = run_in_process(stages, cli_main)
+    else:
+        times = run_in_children(stages, cli_main, exp.jobs)
     print("experiment stages:")
-    width = max(len(n) for n, _ in times)
-    for name, secs in times:
+    width = max(len(n) for n in times)
+    for name, secs in times.items():
         print(f"  {name:{width}s} {secs:8.1f} s")
-    print(f"  {'total':{width}s} {sum(s for _, s in times):8.1f} s")
+    print(f"  {'sum':{width}s} {sum(times.values()):8.1f} s")
+    print(f"  {'elapsed':{width}s} {time.perf_counter() - t0:8.1f} s")
     sys.stdout.flush()
     return 0
+
+
+def _announce(stage: Stage, argv: list[str]) -> None:
+    print(f"[experiment] {stage.name}: harness {' '.join(argv)}", flush=True)
+
+
+def run_in_process(stages: list[Stage], cli_main) -> dict[str, float]:
+    times: dict[str, float] = {}
+    for st in stages:
+        argv = st.args()
+        _announce(st, argv)
+        t0 = time.perf_counter()
+        rc = cli_main(argv)
+        times[st.name] = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(rc)
+    return times
+
+
+def run_in_children(stages: list[Stage], cli_main, jobs: int) -> dict[str, float]:
+    """Up to ``jobs`` stages at once, each whose predecessors ended, each in a forked child (which inherits
+    this process's state, so ``cli_main`` needs no re-import). A failing stage stops the running ones."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("fork")
+    todo, running, times = list(stages), {}, {}
+    done: set[str] = set()
+    try:
+        while todo or running:
+            for st in [s for s in todo if set(s.after) <= done][:max(0, jobs - len(running))]:
+                todo.remove(st)
+                argv = st.args()
+                _announce(st, argv)
+                sys.stderr.flush()
+                proc = ctx.Process(target=_child, args=(cli_main, argv, os.getpid()), name=st.name)
+                proc.start()
+                running[proc.sentinel] = (st, proc, time.perf_counter())
+            if not running:
+                raise RuntimeError(f"experiment: stages wait for each other: {[s.name for s in todo]}")
+            for sentinel in wait(list(running)):
+                st, proc, t0 = running.pop(sentinel)
+                proc.join()
+                times[st.name] = time.perf_counter() - t0
+                if proc.exitcode != 0:
+                    print(f"[experiment] {st.name} failed (exit code {proc.exitcode})", file=sys.stderr, flush=True)
+                    raise SystemExit(proc.exitcode if proc.exitcode > 0 else 128 - proc.exitcode)
+                print(f"[experiment] {st.name} done in {times[st.name]:.1f} s", flush=True)
+                done.add(st.name)
+    finally:
+        for _, proc, _ in running.values():  # a failure or an interrupt: the others stop too
+            proc.terminate()
+        for _, proc, _ in running.values():
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    return {st.name: times[st.name] for st in stages if st.name in times}
+
+
+def _child(cli_main, argv: list, parent_pid: int) -> None:
+    """A stage in a forked child: it dies with the experiment (SIGKILL on the parent's death, set before
+    anything else; a parent gone before that is caught by the pid check), exits with the stage's code."""
+    import signal
+
+    from harness.lifecycle import set_pdeathsig
+
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(137)
+    try:
+        rc = cli_main(argv)
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        rc = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)

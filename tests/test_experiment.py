@@ -83,3 +83,86 @@ def test_a_trained_model_named_by_path_waits_for_its_stage(tmp_path, data_dir, r
     raw["experiment"]["train"] = []
     with pytest.raises(ConfigError, match=r"models\[2\].model"):
         parse_config(raw, "study.yaml")
+
+
+# ----------------------------------------------------------------------------- stages at once (jobs > 1)
+def _study_stages(tmp_path: Path) -> list:
+    """An experiment's plan: a bench, a collection reading the bench's config, SFT, an RM and DPO from the
+    SFT model, evaluation, best-of-n and the report."""
+    from harness.experiment import Experiment, TrainStage, parse_experiment, plan
+
+    bench = tmp_path / "bench.yaml"
+    bench.write_text(yaml.safe_dump({"generator": {"backend": "scripted", "model": "g"}}))
+    coll = tmp_path / "coll.yaml"
+    coll.write_text(yaml.safe_dump({"bench": str(bench), "generator": {"backend": "scripted", "model": "g"}}))
+    sft, rm, dpo = (tmp_path / f"{m}.yaml" for m in ("sft", "rm", "dpo"))
+    sft.write_text(yaml.safe_dump({"model": "base", "output_dir": str(tmp_path / "m" / "sft")}))
+    rm.write_text(yaml.safe_dump({"model": "base", "output_dir": str(tmp_path / "m" / "rm")}))
+    dpo.write_text(yaml.safe_dump({"model": str(tmp_path / "m" / "sft"), "output_dir": str(tmp_path / "m" / "dpo")}))
+    exp = parse_experiment({"bench": [str(bench)], "collection": [str(coll)], "jobs": 2,
+                            "train": [{"method": "sft", "config": str(sft)}, {"method": "rm", "config": str(rm)},
+                                      {"method": "dpo", "config": str(dpo)}],
+                            "report": {"out": str(tmp_path / "rep")}}, "study.yaml")
+    assert isinstance(exp, Experiment) and exp.jobs == 2 and isinstance(exp.train[0], TrainStage)
+    return plan(exp, "study.yaml", tmp_path / "run")
+
+
+def test_the_plan_orders_only_what_depends_on_what(tmp_path):
+    after = {s.name: set(s.after) for s in _study_stages(tmp_path)}
+    assert after["bench bench"] == set() and after["collection coll"] == set()  # it reads the bench's config only
+    assert after["train sft sft"] == after["train rm rm"] == {"collection coll"}
+    assert after["train dpo dpo"] == {"collection coll", "train sft sft"}  # it starts from the SFT model
+    assert after["evaluate"] == {"bench bench", "collection coll", "train sft sft", "train rm rm", "train dpo dpo"}
+    assert after["report"] == {"evaluate"}
+
+
+def _timed_cli(log: Path, fail: str | None = None, seconds: float = 0.6):
+    """A cli_main that logs each stage's start and end (from the forked children) and sleeps in between."""
+    import time
+
+    def cli_main(argv):
+        name = " ".join(argv)
+        with log.open("a") as f:
+            f.write(json.dumps({"ev": "start", "argv": argv, "t": time.time()}) + "\n")
+        if fail and fail in name:  # fails early, while the stages beside it still run
+            time.sleep(0.1)
+            return 3
+        time.sleep(seconds)
+        with log.open("a") as f:
+            f.write(json.dumps({"ev": "end", "argv": argv, "t": time.time()}) + "\n")
+        return 0
+    return cli_main
+
+
+def test_independent_stages_run_at_once_and_each_waits_for_its_inputs(tmp_path):
+    from harness.experiment import run_in_children
+
+    stages = _study_stages(tmp_path)
+    log = tmp_path / "log.jsonl"
+    times = run_in_children(stages, _timed_cli(log), jobs=2)
+    assert list(times) == [s.name for s in stages]
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    span = {}
+    for e in events:
+        key = " ".join(e["argv"][:4]) if e["argv"][0] != "train" else f"train {e['argv'][1]}"
+        span.setdefault(key, {})[e["ev"]] = e["t"]
+    bench, coll = span["bench build multifaceted --config"], span["bench build collection --config"]
+    assert bench["start"] < coll["end"] and coll["start"] < bench["end"]  # side by side
+    sft, rm, dpo = span["train sft"], span["train rm"], span["train dpo"]
+    assert sft["start"] < rm["end"] and rm["start"] < sft["end"]
+    assert min(sft["start"], rm["start"]) >= coll["end"] and dpo["start"] >= sft["end"]
+    ev = next(v for k, v in span.items() if k.startswith("run "))
+    assert ev["start"] >= max(bench["end"], rm["end"], dpo["end"])
+
+
+def test_a_failing_stage_stops_the_others_and_the_experiment(tmp_path):
+    from harness.experiment import run_in_children
+
+    stages = _study_stages(tmp_path)
+    log = tmp_path / "log.jsonl"
+    with pytest.raises(SystemExit) as e:
+        run_in_children(stages, _timed_cli(log, fail="build collection", seconds=3.0), jobs=2)
+    assert e.value.code == 3
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [e["argv"][2] for e in events if e["ev"] == "start"] == ["multifaceted", "collection"]
+    assert not [e for e in events if e["ev"] == "end"]  # the bench build beside it was stopped

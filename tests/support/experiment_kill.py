@@ -79,6 +79,7 @@ def write_configs(root: Path, data_dir: Path, tiny_model_dir: Path) -> Path:
         "tasks": [{"name": "multifaceted_bench", "options": {"path": str(EXAMPLE)}},
                   {"name": "mt_bench", "limit": 2}],
         "experiment": {
+            "jobs": 2,  # SFT and RM training side by side, each stage in a child process
             "collection": [str(coll)],
             "train": [{"method": "sft", "config": str(sft)}, {"method": "rm", "config": str(rm)}],
             "best_of": [{"task": "multifaceted_bench", "model": "w", "reward_model": str(root / "models" / "rm"),
@@ -91,12 +92,14 @@ def write_configs(root: Path, data_dir: Path, tiny_model_dir: Path) -> Path:
 # call / training step / reward batch of that kind), the rest: the CLI arguments.
 DRIVER = r'''
 import hashlib, json, os, signal, sys, threading
-import support.experiment_kill  # noqa: F401  (registers the backends)
+from pathlib import Path
+
+from support.experiment_kill import read_log  # (importing it registers the backends)
 
 point, k, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 LOG = open(os.environ["KILL_LOG"], "a", buffering=1)
 lock = threading.Lock()
-state = {"stage": None, "evaluations": 0, "calls": 0}
+state = {"stage": None, "calls": 0}
 counts = {}
 
 
@@ -106,8 +109,14 @@ def log(**ev):
         LOG.flush()
 
 
+TOP = os.getpid()  # the `harness run` a user started; stages run in forked children of it (experiment.jobs)
+
+
 def die(**ev):
+    """SIGKILL the whole run as a user would (its top process; the stages beside this one must die with it),
+    then this stage's process."""
     log(ev="kill", point=point, **ev)
+    os.kill(TOP, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -124,8 +133,11 @@ real_main = cli.main
 def main(args):  # the experiment runs each stage through cli.main (looked up at call time)
     cmd = args[0]
     if cmd == "run" and "--no-experiment" in args:
-        state["evaluations"] += 1
-        stage = "evaluate" if state["evaluations"] == 1 else "judge-bestofn"
+        # the first evaluation of this invocation, or the second (which judges the best-of-n models); counted
+        # in the log, as each stage runs in a child process of its own
+        earlier = [e for e in read_log(Path(os.environ["KILL_LOG"])) if e.get("ev") == "stage"
+                   and e.get("stage") in ("evaluate", "judge-bestofn")]
+        stage = "evaluate" if not earlier else "judge-bestofn"
     else:
         stage = {"bench": "collection", "train": "train"}.get(cmd, cmd)
     if cmd != "run" or "--no-experiment" in args:
