@@ -194,3 +194,27 @@ def test_a_shared_prompt_prefix_runs_once_with_the_unshared_texts(tiny_model_dir
     assert (fast._prefixes.misses, fast._prefixes.hits) == (1, 1)  # the second batch reused the first's prefix
     sampled = [GenRequest(messages=m, max_tokens=16, temperature=1.0, seed=4) for m in msgs[:3]]
     _same(plain.generate_sync(sampled), fast.generate_sync(sampled))
+
+
+def test_the_growing_cache_holds_what_dynamic_cache_holds(tiny_model_dir):
+    """hf_batching's cache writes into reserved room, reallocating when it runs out, and drops rows as
+    DynamicCache does."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from harness.backends.hf_batching import growing_cache
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    grow, plain = growing_cache(model, reserve=2), DynamicCache(config=model.config)
+    g, rows = torch.Generator().manual_seed(0), 3
+    for step, m in enumerate((4, 1, 1, 1, 3, 1)):  # runs past the reserve twice
+        kv = [(torch.randn(rows, 2, m, 4, generator=g), torch.randn(rows, 2, m, 4, generator=g)) for _ in plain.layers]
+        for i, (k, v) in enumerate(kv):
+            assert all(torch.equal(a, b) for a, b in zip(grow.layers[i].update(k, v), plain.layers[i].update(k, v)))
+        if step == 3:
+            for c in (grow, plain):
+                c.batch_select_indices(torch.tensor([0, 2]))
+            rows = 2
+    assert grow.get_seq_length() == plain.get_seq_length() == 11
+    for a, b in zip(grow.layers, plain.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)

@@ -14,6 +14,10 @@ batch 1, or takes it from the backend's ``prefix_cache.PrefixCache`` when an ear
 the suffixes then prefill over its keys and values. On this machine's CPU the prefill of ~900-token
 prompts runs at ~300 tokens/s, so a batch of rubric prompts sharing 800 of them prefills ~8x faster.
 
+The KV cache (``GrowingCache``) writes each step into preallocated room instead of concatenating:
+``DynamicCache`` copies every layer's whole cache once per token (measured: a decode step of 16 rows
+at 870 tokens of context, 346 ms with it, 291 ms with this; identical logits).
+
 Models whose generation config adds processors keep ``generate``. One-token greedy requests go
 to ``prefix_cache.one_token`` instead (it also splits a batch into groups by prefix).
 """
@@ -74,6 +78,64 @@ def stop_ids(model, tok) -> set[int]:
     return set(_as_list(model.generation_config.eos_token_id)) | {tok.eos_token_id}
 
 
+def growing_cache(model, reserve: int, prefix=None):
+    """A ``DynamicCache`` whose layers grow in place (``_GrowingLayer``), filled with ``prefix`` (per-layer
+    (keys, values)) when given."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_layer_class()(reserve) for _ in cache.layers]
+    for layer, (k, v) in zip(cache.layers, prefix or ()):
+        layer.update(k, v)
+    return cache
+
+
+_LAYER = None
+
+
+def _layer_class():
+    """``DynamicLayer`` with room reserved past its tokens: an update writes into it (no copy of the cache);
+    room runs out only when a prompt or an answer outgrows the reserve, then it reallocates once."""
+    global _LAYER
+    if _LAYER is not None:
+        return _LAYER
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def __init__(self, reserve: int):
+            super().__init__()
+            self.reserve, self.n, self._k, self._v = reserve, 0, None, None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, m = self.n, key_states.shape[-2]
+            if self._k is None or n + m > self._k.shape[-2]:
+                shape = (*key_states.shape[:2], n + m + self.reserve, key_states.shape[-1])
+                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
+                if n:
+                    k[..., :n, :], v[..., :n, :] = self._k[..., :n, :], self._v[..., :n, :]
+                self._k, self._v = k, v
+            self._k[..., n:n + m, :] = key_states
+            self._v[..., n:n + m, :] = value_states
+            self.n = n + m
+            self.keys, self.values = self._k[..., :self.n, :], self._v[..., :self.n, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            if self._k is not None:
+                self._k, self._v = self._k[indices], self._v[indices]
+                self.keys, self.values = self._k[..., :self.n, :], self._v[..., :self.n, :]
+
+        def crop(self, tokens_to_remove: int) -> None:  # not used by the decoder; kept consistent
+            super().crop(tokens_to_remove)
+            if self.is_initialized and self.keys is not None:
+                self.n = self.keys.shape[-2]
+
+    _LAYER = GrowingLayer
+    return _LAYER
+
+
 def decode(backend, reqs: list[GenRequest]) -> list[GenResult]:
     """Decode one group (one sampling setup) in a dynamic batch: argmax, or each request's own draws,
     under each request's JSON schema when it has one."""
@@ -99,7 +161,7 @@ def decode(backend, reqs: list[GenRequest]) -> list[GenResult]:
     live = list(range(len(reqs)))  # request index of each batch row
     kw = cache_kw(model)
     with torch.no_grad():
-        logits, mask, last, cache = _prefill(backend, model, rows, pad)
+        logits, mask, last, cache = _prefill(backend, model, rows, pad, max_new)
         for step in range(max_new):
             if grammar is not None:
                 # before the logprobs: they are of the constrained distribution, as generate() reports them
@@ -135,11 +197,10 @@ def decode(backend, reqs: list[GenRequest]) -> list[GenResult]:
     return finish(tok, eos, reqs, out_ids, out_lp if want_lp else None, [len(r) for r in rows], latency)
 
 
-def _prefill(backend, model, rows: list[list[int]], pad: int):
+def _prefill(backend, model, rows: list[list[int]], pad: int, max_new: int):
     """(last-token logits, attention mask, position of each row's last token, cache) after the prompts:
     one left-padded batch, or the batch's shared prefix once and the suffixes over it."""
     import torch
-    from transformers import DynamicCache
 
     from harness.backends import prefix_cache
 
@@ -149,14 +210,17 @@ def _prefill(backend, model, rows: list[list[int]], pad: int):
     if n:
         with cache.lock:
             kv = prefix_cache.prefix_kv(model, cache, rows[0][:n], dev)
-        logits, mask, pos, dc = prefix_cache.suffix_prefill(model, kv, n, [r[n:] for r in rows], pad, dev)
+        suffixes = [r[n:] for r in rows]
+        prefix = [(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in kv]
+        dc = growing_cache(model, max(len(x) for x in suffixes) + max_new, prefix)
+        logits, mask, pos, dc = prefix_cache.suffix_prefill(model, dc, n, suffixes, pad, dev)
         return logits, mask, pos[:, -1:], dc
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=dev)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=dev)
     # positions as generate derives them from the mask (pads get 1, as there)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    dc = DynamicCache(config=model.config)
+    dc = growing_cache(model, max_new)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                    **{cache_kw(model): dc}).logits[:, -1, :].float()
     check_filled(dc, width)

@@ -170,10 +170,10 @@ def prefix_kv(model, cache: PrefixCache, prefix: list[int], device) -> list:
 
 
 def suffix_prefill(model, kv, n: int, suffixes: list[list[int]], pad: int, device):
-    """Each ``prefix + suffix`` run over the prefix's keys and values (``kv``, batch 1, expanded over
-    the batch): [pads][suffix] after the prefix, pads masked, the suffix at positions n, n+1, ... as
-    in the whole prompt. Returns (last-token logits, attention mask, positions of the suffix tokens,
-    the filled cache), which a decoder continues from."""
+    """Each ``prefix + suffix`` run over the prefix's keys and values (``kv``: per-layer tensors of batch 1,
+    expanded over the batch, or a cache holding them for every row): [pads][suffix] after the prefix, pads
+    masked, the suffix at positions n, n+1, ... as in the whole prompt. Returns (last-token logits,
+    attention mask, positions of the suffix tokens, the filled cache), which a decoder continues from."""
     import torch
     from transformers import DynamicCache
 
@@ -183,7 +183,10 @@ def suffix_prefill(model, kv, n: int, suffixes: list[list[int]], pad: int, devic
     mask = torch.cat([tail.new_ones((b, n)), tail], dim=-1)
     # positions from the mask, as generate derives them (pads get 1)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, n:]
-    dc = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv]) if kv else DynamicCache()
+    if isinstance(kv, DynamicCache):
+        dc = kv
+    else:
+        dc = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv]) if kv else DynamicCache()
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{cache_kw(model): dc})
     check_filled(dc, n + width)
