@@ -35,9 +35,9 @@ models: setup
 	$(HARNESS) models prepare
 
 # The main job on the embedded default, one experiment (configs/demo.yaml): build a small bench and
-# collection with SmolLM2, train SFT and a reward model on the collection, evaluate base (with, without
-# and with a generic system message) and SFT on a slice of every benchmark, best-of-n reranked by the
-# reward model, and the report. Each stage resumes; the time per stage is printed at the end.
+# collection with SmolLM2 (side by side), train SFT and a reward model on the collection, evaluate base
+# and SFT (each with and without system messages) on a slice of every benchmark, best-of-n reranked by
+# the reward model, and the report. Each stage resumes; the time per stage is printed at the end.
 demo: models
 	$(HARNESS) run configs/demo.yaml
 	@echo "demo finished: report at runs/demo/report/report.html"
