@@ -7,7 +7,8 @@ tokens) on the README example: per answer, in the same run, one rubric on today'
 the ratios to one rubric (goal: 4 rubrics shared <= 1.5x one rubric) and the largest score
 difference between the paths (must be <= 1e-5). ``--served`` also judges all the answers through
 the local judge path (the call layer -> ``harness serve`` over hf, concurrency 16), once with
-prefix sharing off and once on.
+prefix sharing off, once on, and once on with two server workers (``--workers 2``: two batches at
+once, one per core; the ratio printed is against one worker, the scores must be the same).
 
     OMP_NUM_THREADS=1 python benchmarks/prefix_judging.py [--answers 3] [--words 120] [--model default] [--served]
 """
@@ -93,10 +94,10 @@ def served(plain, every, judge) -> None:
 
     reqs = [r for _, r in every]
     walls, values = {}, {}
-    for name, size in (("unshared", 0), ("shared", 4)):
-        backend = HFBackend(plain.model, prefix_cache=size, dynamic_batching=False)
+    for name, size, workers in (("unshared", 0, 1), ("shared", 4, 1), ("shared, 2 workers", 4, 2)):
+        backend = HFBackend(plain.model, prefix_cache=size, dynamic_batching=False, batch_size=4)
         backend._model, backend._tok = plain.load()
-        with ServerThread(build_app(backend, "judge")) as srv, tempfile.TemporaryDirectory() as d:
+        with ServerThread(build_app(backend, "judge", workers=workers)) as srv, tempfile.TemporaryDirectory() as d:
             layer = CallLayer(Path(d) / "c.sqlite", CallSettings(concurrency=16))
             t0 = time.perf_counter()
             out = asyncio.run(layer.run(OpenAIBackend("judge", base_url=srv.base_url), reqs))
@@ -107,6 +108,10 @@ def served(plain, every, judge) -> None:
     print(f"served (call layer -> harness serve over hf, {len(reqs)} judge requests): unshared "
           f"{walls['unshared']:.2f} s, shared {walls['shared']:.2f} s ({walls['unshared'] / walls['shared']:.2f}x "
           f"faster), largest score difference {diff:.2e}")
+    two = values["shared, 2 workers"]
+    same = max((abs(x - y) for x, y in zip(values["shared"], two) if x is not None and y is not None), default=0.0)
+    print(f"served, shared, 2 workers: {walls['shared, 2 workers']:.2f} s ({walls['shared'] / walls['shared, 2 workers']:.2f}x "
+          f"one worker), largest score difference to one worker {same:.2e}")
 
 
 if __name__ == "__main__":

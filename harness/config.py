@@ -30,7 +30,7 @@ class ModelConfig:
     api_key_env: str = "OPENAI_API_KEY"
     options: dict = field(default_factory=dict)  # backend options (batch_size, chat_template, ...)
     generation: dict = field(default_factory=dict)  # overrides of the task's generation spec
-    serve: dict | None = None  # start `harness serve` for this model: {model, batch_size, chat_template}
+    serve: dict | None = None  # start `harness serve` for this model: {model, batch_size, workers, chat_template}
     # the system message this model answers with: None/"original" (each instance's own), "none"
     # (no system message), "generic" (the run's `generic_system`) or {text: "..."}
     system: Any = None

@@ -316,6 +316,9 @@ def _child(cli_main, argv: list, parent_pid: int) -> None:
 
         traceback.print_exc()
         rc = 1
+    from harness.lifecycle import stop_all_children
+
+    stop_all_children()  # what atexit would do: os._exit below skips it
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)

@@ -45,6 +45,7 @@ def start_served(cfg: ModelConfig, log_path: Path):
     opts = dict(cfg.serve)
     proc, cfg.base_url = start_server_process(opts.get("model", "default"), cfg.model,
                                               batch_size=int(opts.get("batch_size", 8)),
+                                              workers=int(opts.get("workers", 1)),
                                               chat_template=opts.get("chat_template", "tokenizer"),
                                               log_path=str(log_path))
     return proc

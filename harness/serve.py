@@ -100,21 +100,25 @@ class Faults:
 class Batcher:
     """Collects concurrent requests into backend batches of at most ``max_batch``.
 
-    ``run`` answers one batch (default: ``backend.generate``); batchers sharing ``lock`` never
-    call the model at the same time (the generation and the prompt-scoring lanes)."""
+    ``run`` answers one batch (default: ``backend.generate``); ``workers`` batches may run at once
+    (each in a thread of its own: torch releases the GIL, so a second core helps). Batchers sharing
+    ``lock`` (a semaphore of the server's worker count) call the model at most that many times at
+    once (the generation and the prompt-scoring lanes)."""
 
-    def __init__(self, backend: Backend, wait_s: float = 0.005, run=None, lock: asyncio.Lock | None = None):
+    def __init__(self, backend: Backend, wait_s: float = 0.005, run=None,
+                 lock: asyncio.Semaphore | None = None, workers: int = 1):
         self.backend = backend
         self.wait_s = wait_s
         self.run = run or backend.generate
         self.lock = lock
+        self.workers = workers
         self.queue: asyncio.Queue | None = None
-        self._task = None
+        self._tasks: list = []
 
     async def submit(self, reqs: list) -> list:
         if self.queue is None:
             self.queue = asyncio.Queue()
-            self._task = asyncio.create_task(self._loop())
+            self._tasks = [asyncio.create_task(self._loop()) for _ in range(self.workers)]
         futs = []
         for r in reqs:
             fut = asyncio.get_running_loop().create_future()
@@ -154,13 +158,13 @@ def _chat_logprobs(res: GenResult) -> dict | None:
                         for t in res.logprobs]}
 
 
-def build_app(backend: Backend, served_name: str, faults: Faults | None = None):
+def build_app(backend: Backend, served_name: str, faults: Faults | None = None, workers: int = 1):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse
 
     app = FastAPI(title="harness serve")
-    model_lock = asyncio.Lock()
-    batcher = Batcher(backend, lock=model_lock)
+    model_lock = asyncio.Semaphore(workers)
+    batcher = Batcher(backend, lock=model_lock, workers=workers)
     # prompt scoring (echo + logprobs) is its own lane: a forward pass, never part of a generate() batch
     scorer = (Batcher(backend, run=completions_api.make_score(backend), lock=model_lock)
               if completions_api.can_score(backend) else None)
@@ -352,7 +356,8 @@ class ServerThread:
 
 def start_server_process(model: str, served_name: str, port: int | None = None, batch_size: int = 8,
                          chat_template: str = "tokenizer", timeout_s: float = 300,
-                         log_path: str | None = None, faults: Faults | None = None) -> tuple[subprocess.Popen, str]:
+                         log_path: str | None = None, faults: Faults | None = None,
+                         workers: int = 1) -> tuple[subprocess.Popen, str]:
     """Start ``harness serve`` as a child process and wait until it answers.
 
     The child dies with this process, even on SIGKILL: it runs in its own process group, is told our pid
@@ -365,7 +370,8 @@ def start_server_process(model: str, served_name: str, port: int | None = None, 
 
     port = port or free_port()
     cmd = [sys.executable, "-m", "harness.serve", "--model", model, "--name", served_name, "--port", str(port),
-           "--batch-size", str(batch_size), "--chat-template", chat_template, "--parent-pid", str(os.getpid())]
+           "--batch-size", str(batch_size), "--workers", str(workers), "--chat-template", chat_template,
+           "--parent-pid", str(os.getpid())]
     if not lifecycle.pdeathsig_usable():  # started from a thread: PDEATHSIG would fire when the thread ends
         cmd.append("--no-pdeathsig")
     if faults is not None:
@@ -437,6 +443,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=1,
+                   help="batches answered at once, each in a thread (default 1; 2 uses a second CPU core)")
     p.add_argument("--chat-template", default="tokenizer", help="'tokenizer' or a named template (janus-mistral)")
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
                    help="exit when process PID exits (start_server_process sets it, so that the judge "
@@ -478,7 +486,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     backend = HFBackend(args.model, chat_template=args.chat_template, batch_size=args.batch_size)
     backend.load()
     name = args.name or os.path.basename(os.path.normpath(backend.path))
-    uvicorn.run(build_app(backend, name, faults), host=args.host, port=args.port, log_level="warning",
+    if args.workers < 1:
+        raise SystemExit(f"harness serve: --workers must be >= 1, got {args.workers}")
+    uvicorn.run(build_app(backend, name, faults, workers=args.workers), host=args.host, port=args.port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=3)
     return 0
 

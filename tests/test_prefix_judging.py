@@ -100,9 +100,13 @@ def test_shared_prefix_equals_unshared_on_smollm2():
     assert_same(judge, calls, plain.generate_sync(reqs), shared.generate_sync(reqs))
 
 
-def test_served_judge_shares_prefixes_with_the_same_scores(tiny_model_dir, tmp_path):
-    # the local judge path: the call layer -> `harness serve` over hf -> batches of concurrent requests
+@pytest.mark.parametrize("workers", [1, 2])
+def test_served_judge_shares_prefixes_with_the_same_scores(tiny_model_dir, tmp_path, workers):
+    # the local judge path: the call layer -> `harness serve` over hf -> batches of concurrent requests;
+    # with two workers, two batches at once (their prefixes computed side by side)
     import asyncio
+    import threading
+    import time
 
     from harness.backends.openai_backend import OpenAIBackend
     from harness.calls import CallLayer, CallSettings
@@ -110,9 +114,25 @@ def test_served_judge_shares_prefixes_with_the_same_scores(tiny_model_dir, tmp_p
 
     judge, calls, reqs = judge_requests(4)
     plain, served = pair(str(tiny_model_dir))
+    served.max_batch = 4
     ref = plain.generate_sync(reqs)
-    with ServerThread(build_app(served, "tiny")) as srv:
+    running, most, lock = [0], [0], threading.Lock()
+    real = served.generate_sync
+
+    def counted(batch):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for a second batch to start beside this one
+        try:
+            return real(batch)
+        finally:
+            with lock:
+                running[0] -= 1
+    served.generate_sync = counted
+    with ServerThread(build_app(served, "tiny", workers=workers)) as srv:
         layer = CallLayer(tmp_path / "c.sqlite", CallSettings(concurrency=16))
         out = asyncio.run(layer.run(OpenAIBackend("tiny", base_url=srv.base_url), reqs))
     assert served._prefixes.misses >= 4  # the shared path ran: at least one prefix per answer
+    assert most[0] == workers
     assert_same(judge, calls, ref, out)

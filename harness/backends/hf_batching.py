@@ -208,8 +208,7 @@ def _prefill(backend, model, rows: list[list[int]], pad: int, max_new: int):
     cache = backend._prefixes
     n = prefix_cache.batch_prefix(rows) if cache is not None and prefix_cache.full_attention(model) else 0
     if n:
-        with cache.lock:
-            kv = prefix_cache.prefix_kv(model, cache, rows[0][:n], dev)
+        kv = prefix_cache.prefix_kv(model, cache, rows[0][:n], dev)
         suffixes = [r[n:] for r in rows]
         prefix = [(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in kv]
         dc = growing_cache(model, max(len(x) for x in suffixes) + max_new, prefix)

@@ -32,7 +32,7 @@ class PrefixCache:
         self.size = size
         self.entries: OrderedDict[tuple[int, ...], list] = OrderedDict()
         self.hits = self.misses = 0
-        self.lock = threading.Lock()  # call-layer concurrency may run two batches at once
+        self.lock = threading.Lock()  # batches may run at once (call-layer concurrency, serve --workers)
 
     def longest(self, ids: list[int], limit: int) -> tuple[int, ...] | None:
         """The longest stored prefix of ``ids`` no longer than ``limit``."""
@@ -121,12 +121,13 @@ def one_token(backend, cache: PrefixCache, reqs: list[GenRequest]) -> list[GenRe
     plan = groups(rows)
     # a row with nothing to share here may share a prefix stored by an earlier batch (one
     # answer's rubric prompts split over two batches)
-    for g, (n, members, src) in enumerate(plan):
-        if len(members) == 1:
-            key = cache.longest(rows[src], len(rows[src]) - 1)
-            if key is not None and len(key) - n >= MIN_SHARED:
-                plan[g] = (len(key), members, src)
-    with torch.no_grad(), cache.lock:
+    with cache.lock:
+        for g, (n, members, src) in enumerate(plan):
+            if len(members) == 1:
+                key = cache.longest(rows[src], len(rows[src]) - 1)
+                if key is not None and len(key) - n >= MIN_SHARED:
+                    plan[g] = (len(key), members, src)
+    with torch.no_grad():
         for n, members, src in plan:
             kv = prefix_kv(model, cache, rows[src][:n], backend.device) if n else None
             if not members:
@@ -145,27 +146,31 @@ def one_token(backend, cache: PrefixCache, reqs: list[GenRequest]) -> list[GenRe
 
 def prefix_kv(model, cache: PrefixCache, prefix: list[int], device) -> list:
     """Per-layer (key, value) of ``prefix`` (batch 1), from the LRU or computed, extending the
-    longest stored prefix of it when there is one."""
+    longest stored prefix of it when there is one. The LRU is touched under its lock, the model
+    runs outside it: batches of a server's workers compute their prefixes at once."""
     import torch
     from transformers import DynamicCache
 
     key = tuple(prefix)
-    if key in cache.entries:
-        cache.hits += 1
-        cache.entries.move_to_end(key)
-        return cache.entries[key]
-    cache.misses += 1
-    base = cache.longest(prefix, len(prefix) - 1)
+    with cache.lock:
+        if key in cache.entries:
+            cache.hits += 1
+            cache.entries.move_to_end(key)
+            return cache.entries[key]
+        cache.misses += 1
+        base = cache.longest(prefix, len(prefix) - 1)
+        if base is not None:
+            cache.entries.move_to_end(base)
+            base_kv = cache.entries[base]
     start = len(base) if base is not None else 0
-    if base is not None:
-        cache.entries.move_to_end(base)
-    dc = DynamicCache([(k, v) for k, v in cache.entries[base]]) if base is not None else DynamicCache()
+    dc = DynamicCache([(k, v) for k, v in base_kv]) if base is not None else DynamicCache()
     ids = torch.tensor([prefix[start:]], dtype=torch.long, device=device)
     pos = torch.arange(start, len(prefix), device=device)[None]
     model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{cache_kw(model): dc})
     check_filled(dc, len(prefix))
     kv = [(layer.keys, layer.values) for layer in dc.layers]
-    cache.put(key, kv)
+    with cache.lock:
+        cache.put(key, kv)
     return kv
 
 
