@@ -74,7 +74,7 @@ class Experiment:
         for t in self.train:
             raw = yaml.safe_load(Path(t.config).read_text()) or {}
             if raw.get("output_dir"):
-                out.add(str(Path(os.path.expanduser(raw["output_dir"])).resolve()))
+                out.add(_resolved(raw["output_dir"]))
         return out
 
 
@@ -184,7 +184,7 @@ def plan(exp: Experiment, config_path: str, out_dir: Path, passthrough: list[str
                 "--reward-model", b.reward_model, "--n", ",".join(str(n) for n in b.n),
                 "--temperature", str(b.temperature), "--top-p", str(b.top_p),
                 "--repetition-penalty", str(b.repetition_penalty)]
-        argv += ["--label", b.label or Path(b.reward_model).name]
+        argv += ["--label", _label(b)]
         if b.max_tokens:
             argv += ["--max-tokens", str(b.max_tokens)]
         if b.reward_engine != "hf":
@@ -302,7 +302,7 @@ def _child(cli_main, argv: list, parent_pid: int) -> None:
     anything else; a parent gone before that is caught by the pid check), exits with the stage's code."""
     import signal
 
-    from harness.lifecycle import set_pdeathsig
+    from harness.lifecycle import set_pdeathsig, stop_all_children
 
     set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent_pid:
@@ -316,8 +316,6 @@ def _child(cli_main, argv: list, parent_pid: int) -> None:
 
         traceback.print_exc()
         rc = 1
-    from harness.lifecycle import stop_all_children
-
     stop_all_children()  # what atexit would do: os._exit below skips it
     sys.stdout.flush()
     sys.stderr.flush()

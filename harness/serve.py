@@ -473,6 +473,8 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.workers < 1:  # before the model load
+        raise SystemExit(f"harness serve: --workers must be >= 1, got {args.workers}")
     if getattr(args, "parent_pid", None):  # before the slow imports and the model load
         from harness.lifecycle import tie_to_parent
 
@@ -486,10 +488,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     backend = HFBackend(args.model, chat_template=args.chat_template, batch_size=args.batch_size)
     backend.load()
     name = args.name or os.path.basename(os.path.normpath(backend.path))
-    if args.workers < 1:
-        raise SystemExit(f"harness serve: --workers must be >= 1, got {args.workers}")
-    uvicorn.run(build_app(backend, name, faults, workers=args.workers), host=args.host, port=args.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=3)
+    uvicorn.run(build_app(backend, name, faults, workers=args.workers), host=args.host, port=args.port,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=3)
     return 0
 
 

@@ -191,8 +191,7 @@ class HFBackend(Backend):
         model, _ = self.load()
         if not hf_batching.eligible(model, reqs):
             return None
-        if (self._prefixes is not None and hf_batching.plain_greedy(reqs) and reqs[0].json_schema is None
-                and prefix_cache.eligible(model, reqs)):
+        if self._prefixes is not None and hf_batching.plain_greedy(reqs) and prefix_cache.eligible(model, reqs):
             return prefix_cache.one_token(self, self._prefixes, reqs)
         return hf_batching.decode(self, reqs) if self.dynamic_batching else None
 

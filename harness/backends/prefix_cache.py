@@ -58,8 +58,13 @@ def full_attention(model) -> bool:
 
 
 def eligible(model, reqs: list[GenRequest]) -> bool:
-    """One-token requests on a model with full attention."""
-    return full_attention(model) and all(r.max_tokens == 1 for r in reqs)
+    """One-token requests without a JSON schema (no grammar here) on a model with full attention."""
+    return full_attention(model) and all(r.max_tokens == 1 and r.json_schema is None for r in reqs)
+
+
+def expanded(kv: list, b: int) -> list:
+    """A prefix's per-layer (keys, values) of batch 1 as views over ``b`` rows (no copy)."""
+    return [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv]
 
 
 def batch_prefix(rows: list[list[int]], min_shared: int = MIN_SHARED) -> int:
@@ -112,6 +117,7 @@ def _plan(rows, seg: list[int], lcp: list[int], base: int, min_shared: int) -> t
 
 def one_token(backend, cache: PrefixCache, reqs: list[GenRequest]) -> list[GenResult]:
     import torch
+    from transformers import DynamicCache
 
     model, tok = backend.load()
     t0 = time.perf_counter()
@@ -132,7 +138,8 @@ def one_token(backend, cache: PrefixCache, reqs: list[GenRequest]) -> list[GenRe
             kv = prefix_kv(model, cache, rows[src][:n], backend.device) if n else None
             if not members:
                 continue
-            logits = suffix_prefill(model, kv, n, [rows[i][n:] for i in members], tok.pad_token_id,
+            dc = DynamicCache(expanded(kv, len(members))) if kv else DynamicCache()
+            logits = suffix_prefill(model, dc, n, [rows[i][n:] for i in members], tok.pad_token_id,
                                     backend.device)[0]
             lp = logits.log_softmax(-1)
             for j, i in enumerate(members):
@@ -174,13 +181,12 @@ def prefix_kv(model, cache: PrefixCache, prefix: list[int], device) -> list:
     return kv
 
 
-def suffix_prefill(model, kv, n: int, suffixes: list[list[int]], pad: int, device):
-    """Each ``prefix + suffix`` run over the prefix's keys and values (``kv``: per-layer tensors of batch 1,
-    expanded over the batch, or a cache holding them for every row): [pads][suffix] after the prefix, pads
-    masked, the suffix at positions n, n+1, ... as in the whole prompt. Returns (last-token logits,
-    attention mask, positions of the suffix tokens, the filled cache), which a decoder continues from."""
+def suffix_prefill(model, dc, n: int, suffixes: list[list[int]], pad: int, device):
+    """Each ``prefix + suffix`` run over ``dc``, a cache holding the prefix's keys and values for every row
+    (empty when ``n`` is 0): [pads][suffix] after the prefix, pads masked, the suffix at positions n, n+1,
+    ... as in the whole prompt. Returns (last-token logits, attention mask, positions of the suffix tokens,
+    the filled cache), which a decoder continues from."""
     import torch
-    from transformers import DynamicCache
 
     b, width = len(suffixes), max(len(s) for s in suffixes)
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device)
@@ -188,10 +194,6 @@ def suffix_prefill(model, kv, n: int, suffixes: list[list[int]], pad: int, devic
     mask = torch.cat([tail.new_ones((b, n)), tail], dim=-1)
     # positions from the mask, as generate derives them (pads get 1)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, n:]
-    if isinstance(kv, DynamicCache):
-        dc = kv
-    else:
-        dc = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv]) if kv else DynamicCache()
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{cache_kw(model): dc})
     check_filled(dc, n + width)
