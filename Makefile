@@ -42,8 +42,9 @@ demo: models
 	$(HARNESS) run configs/demo.yaml
 	@echo "demo finished: report at runs/demo/report/report.html"
 
+# two workers, whole files each (module fixtures such as the kill tests' reference run are built once)
 test: models
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --ignore=tests/vllm_cpu
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --ignore=tests/vllm_cpu -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
