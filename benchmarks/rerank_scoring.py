@@ -96,22 +96,28 @@ def main(argv=None) -> int:
               f"model hidden {args.hidden} x {args.layers} layers, {torch.get_num_threads()} thread(s)")
 
         score_per_prompt(rm, [groups[0][:8]])  # warm-up
-        batcher = BucketedScorer(rm, max_tokens=args.max_tokens)
-        t_ref = t_new = float("inf")
+        batcher = BucketedScorer(rm, max_tokens=args.max_tokens)  # its default: a batch per free core
+        one = BucketedScorer(rm, max_tokens=args.max_tokens, workers=1)  # the same threads as the reference
+        t_ref = t_one = t_new = float("inf")
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             reference = [x for g in score_per_prompt(rm, groups, batch_size=8) for x in g]
             t_ref = min(t_ref, time.perf_counter() - t0)
             t0 = time.perf_counter()
+            single = one.score(flat)
+            t_one = min(t_one, time.perf_counter() - t0)
+            t0 = time.perf_counter()
             bucketed = batcher.score(flat)
             t_new = min(t_new, time.perf_counter() - t0)
 
-    diff = max(abs(a - b) for a, b in zip(reference, bucketed))
-    ref_rate, new_rate = len(flat) / t_ref, len(flat) / t_new
+    diff = max(abs(a - b) for out in (single, bucketed) for a, b in zip(reference, out))
+    ref_rate, one_rate, new_rate = len(flat) / t_ref, len(flat) / t_one, len(flat) / t_new
     print(f"per-prompt batches of 8 (reference): {t_ref:7.1f} s  {ref_rate:7.2f} candidates/s")
-    print(f"bucketed cross-prompt batches:       {t_new:7.1f} s  {new_rate:7.2f} candidates/s "
-          f"(budget {args.max_tokens} tokens, pad tolerance {batcher.pad_tolerance})")
-    print(f"ratio: {new_rate / ref_rate:.2f}x   max |reward difference|: {diff:.2e}")
+    print(f"bucketed cross-prompt batches:       {t_one:7.1f} s  {one_rate:7.2f} candidates/s "
+          f"(budget {args.max_tokens} tokens, pad tolerance {batcher.pad_tolerance}, 1 batch at a time)")
+    print(f"bucketed, {batcher.workers} batch(es) at a time:       {t_new:7.1f} s  {new_rate:7.2f} candidates/s")
+    print(f"ratio: {one_rate / ref_rate:.2f}x with the reference's threads, {new_rate / ref_rate:.2f}x with "
+          f"{batcher.workers} batch(es) at a time   max |reward difference|: {diff:.2e}")
     return 0 if diff < 1e-4 else 1
 
 

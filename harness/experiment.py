@@ -19,7 +19,8 @@ skips what is done. The time of each stage is printed at the end.
 
 ``jobs: N`` (default 1) runs up to N stages at once where the graph allows it: a bench build
 beside a collection build that reads only the bench's config, training stages beside each other
-unless one starts from another's output. Each stage then runs in a forked child process (one
+unless one starts from another's output, and a reward model that the evaluation does not load
+beside the evaluation (best-of-n waits for it). Each stage then runs in a forked child process (one
 core each for a CPU model: torch's own threads scale worse on small models) that dies with the
 experiment (``PR_SET_PDEATHSIG``); the first stage to fail stops the others. The evaluation,
 best-of-n and the report write one run directory and stay one after another.
@@ -153,8 +154,21 @@ class Stage:
         return self.argv() if callable(self.argv) else self.argv
 
 
-def plan(exp: Experiment, config_path: str, out_dir: Path, passthrough: list[str] | None = None) -> list[Stage]:
-    """The experiment's stages in order, each with the stages it waits for."""
+def evaluated_paths(cfg) -> set[str]:
+    """Resolved model paths the evaluation loads: its models', its judges' and their servers'."""
+    paths = set()
+    judges = [j for j in [cfg.judge, *(t.judge_model for t in cfg.tasks)] if j is not None]
+    for m in [*cfg.models, *judges]:
+        paths |= {_resolved(m.model), _resolved((m.serve or {}).get("model"))}
+    return paths - {None}
+
+
+def plan(exp: Experiment, config_path: str, out_dir: Path, passthrough: list[str] | None = None,
+         evaluated: set[str] | None = None) -> list[Stage]:
+    """The experiment's stages in order, each with the stages it waits for. ``evaluated``: the model paths
+    the evaluation loads (``evaluated_paths``); a training stage whose output is not one of them (a reward
+    model used only by best-of-n) runs beside the evaluation, and the best-of-n stage waits for it. None:
+    the evaluation waits for every training stage."""
     stages: list[Stage] = []
     benches = [Stage(f"bench {Path(p).stem}", ["bench", "build", "multifaceted", "--config", p]) for p in exp.bench]
     stages += benches
@@ -178,7 +192,8 @@ def plan(exp: Experiment, config_path: str, out_dir: Path, passthrough: list[str
         if raw.get("output_dir"):
             trained[_resolved(raw["output_dir"])] = name
     evaluate = ["run", config_path, "--out", str(out_dir), "--no-experiment", *(passthrough or [])]
-    stages.append(Stage("evaluate", evaluate, [s.name for s in stages]))
+    not_evaluated = {name for path, name in trained.items() if evaluated is not None and path not in evaluated}
+    stages.append(Stage("evaluate", evaluate, [s.name for s in stages if s.name not in not_evaluated]))
     for b in exp.best_of:
         argv = ["rerank", "--candidates", str(out_dir), "--task", b.task, "--model", b.model,
                 "--reward-model", b.reward_model, "--n", ",".join(str(n) for n in b.n),
@@ -189,7 +204,9 @@ def plan(exp: Experiment, config_path: str, out_dir: Path, passthrough: list[str
             argv += ["--max-tokens", str(b.max_tokens)]
         if b.reward_engine != "hf":
             argv += ["--reward-engine", b.reward_engine]
-        stages.append(Stage(f"best-of-n {b.model} {b.task}", argv, [stages[-1].name]))
+        rm_stage = trained.get(_resolved(b.reward_model))
+        stages.append(Stage(f"best-of-n {b.model} {b.task}", argv,
+                            [stages[-1].name] + ([rm_stage] if rm_stage in not_evaluated else [])))
     if exp.best_of:
         stages.append(Stage("judge best-of-n", evaluate, [stages[-1].name]))
     if exp.report is not None:
@@ -224,7 +241,7 @@ def run_experiment(config_path: str, out_dir: Path, cli_main, passthrough: list[
 
     cfg = load_config(config_path)
     exp = cfg.experiment
-    stages = plan(exp, config_path, out_dir, passthrough)
+    stages = plan(exp, config_path, out_dir, passthrough, evaluated_paths(cfg))
     t0 = time.perf_counter()
     if exp.jobs == 1:
         times = run_in_process(stages, cli_main)

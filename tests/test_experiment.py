@@ -2,6 +2,7 @@
 ablation variants, best-of-n, report) as one resumable graph."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,9 +87,9 @@ def test_a_trained_model_named_by_path_waits_for_its_stage(tmp_path, data_dir, r
 
 
 # ----------------------------------------------------------------------------- stages at once (jobs > 1)
-def _study_stages(tmp_path: Path) -> list:
+def _study_stages(tmp_path: Path, evaluated: set | None = None) -> list:
     """An experiment's plan: a bench, a collection reading the bench's config, SFT, an RM and DPO from the
-    SFT model, evaluation, best-of-n and the report."""
+    SFT model, evaluation, best-of-n reranked by the RM and the report."""
     from harness.experiment import Experiment, TrainStage, parse_experiment, plan
 
     bench = tmp_path / "bench.yaml"
@@ -102,9 +103,10 @@ def _study_stages(tmp_path: Path) -> list:
     exp = parse_experiment({"bench": [str(bench)], "collection": [str(coll)], "jobs": 2,
                             "train": [{"method": "sft", "config": str(sft)}, {"method": "rm", "config": str(rm)},
                                       {"method": "dpo", "config": str(dpo)}],
+                            "best_of": [{"task": "t", "model": "base", "reward_model": str(tmp_path / "m" / "rm")}],
                             "report": {"out": str(tmp_path / "rep")}}, "study.yaml")
     assert isinstance(exp, Experiment) and exp.jobs == 2 and isinstance(exp.train[0], TrainStage)
-    return plan(exp, "study.yaml", tmp_path / "run")
+    return plan(exp, "study.yaml", tmp_path / "run", evaluated=evaluated)
 
 
 def test_the_plan_orders_only_what_depends_on_what(tmp_path):
@@ -113,7 +115,28 @@ def test_the_plan_orders_only_what_depends_on_what(tmp_path):
     assert after["train sft sft"] == after["train rm rm"] == {"collection coll"}
     assert after["train dpo dpo"] == {"collection coll", "train sft sft"}  # it starts from the SFT model
     assert after["evaluate"] == {"bench bench", "collection coll", "train sft sft", "train rm rm", "train dpo dpo"}
-    assert after["report"] == {"evaluate"}
+    assert after["best-of-n base t"] == {"evaluate"}
+    assert after["report"] == {"judge best-of-n"}
+
+
+def test_a_reward_model_the_evaluation_does_not_load_trains_beside_it(tmp_path):
+    from harness.config import parse_config
+    from harness.experiment import evaluated_paths
+
+    m = tmp_path / "m"
+    cfg = parse_config({"models": [{"name": "base", "backend": "scripted", "model": "base"},
+                                   {"name": "dpo", "backend": "scripted", "model": str(m / "dpo")}],
+                        "tasks": [{"name": "mt_bench"}]}, "study.yaml")
+    evaluated = evaluated_paths(cfg)
+    assert str(m / "dpo") in evaluated and str(m / "rm") not in evaluated
+    after = {s.name: set(s.after) for s in _study_stages(tmp_path, evaluated)}
+    # SFT is not evaluated here: DPO, which starts from it, is what the evaluation waits for
+    assert after["evaluate"] == {"bench bench", "collection coll", "train dpo dpo"}
+    assert after["best-of-n base t"] == {"evaluate", "train rm rm"}  # the reranker waits for its model
+    # a judge served from the trained RM's directory makes the evaluation wait for it again
+    cfg.judge = dataclasses.replace(cfg.models[0], name="j", serve={"model": str(m / "rm")})
+    after = {s.name: set(s.after) for s in _study_stages(tmp_path, evaluated_paths(cfg))}
+    assert "train rm rm" in after["evaluate"]
 
 
 def _timed_cli(log: Path, fail: str | None = None, seconds: float = 0.6):

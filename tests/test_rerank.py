@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def test_plan_batches_respects_the_token_budget():
 
 
 @pytest.mark.parametrize("layout", ["seq_cls_rm", "value_head_rm"])
-@pytest.mark.parametrize("mode", ["padded", "cpu-default", "cuda-default"])
+@pytest.mark.parametrize("mode", ["padded", "cpu-default", "cpu-1-worker", "cpu-3-workers", "cuda-default"])
 def test_bucketed_scorer_equals_one_at_a_time(layout, mode, request, data_dir):
     from harness.backends.rm_batching import BucketedScorer, plan_batches, score_one_at_a_time, score_per_prompt
     from harness.backends.reward_model import SEQ_CLS, VALUE_HEAD, load_reward_model
@@ -98,24 +99,30 @@ def test_bucketed_scorer_equals_one_at_a_time(layout, mode, request, data_dir):
     assert rm.kind == (SEQ_CLS if layout == "seq_cls_rm" else VALUE_HEAD)
     triples = _triples(data_dir)
     triples += [triples[0], ("Someone else.", "Hi", triples[3][2])]  # an equal-length pair, a lone prompt
-    options = {"padded": dict(pad_tolerance=1.0), "cpu-default": {}, "cuda-default": {}}[mode]
+    options = {"padded": dict(pad_tolerance=1.0), "cpu-default": {}, "cpu-1-worker": dict(workers=1),
+               "cpu-3-workers": dict(workers=3), "cuda-default": {}}[mode]
     if mode == "cuda-default":  # the planner's default on an accelerator, run here on CPU
         rm.device = "cuda"
         batcher = BucketedScorer(rm, max_tokens=600, max_batch=8)
         rm.device = "cpu"
-        assert batcher.pad_tolerance == 1.0
+        assert batcher.pad_tolerance == 1.0 and batcher.workers == 1
     if mode != "cuda-default":
         batcher = BucketedScorer(rm, max_tokens=600, max_batch=8, **options)
     seqs = batcher.encode(triples)
     lengths = [len(s) for s in seqs]
     batches = plan_batches(lengths, 600, 8, batcher.pad_tolerance)
     padded = sum(len(b) > 1 and len({lengths[i] for i in b}) > 1 for b in batches)
-    if mode == "cpu-default":  # CPU: rows share a batch only at equal length, and then run without a mask
+    if mode.startswith("cpu"):  # CPU: rows share a batch only at equal length, and then run without a mask
         assert batcher.pad_tolerance == 0.0 and padded == 0 and any(len(b) > 1 for b in batches)
     else:  # the test must exercise padding: several multi-row batches of unequal lengths
         assert padded >= 2
     expected = score_one_at_a_time(rm, triples)
-    assert batcher.score(triples) == pytest.approx(expected, abs=1e-4)
+    seen = []  # each finished batch reaches the caller once, in the caller's thread (it stores them)
+    got = batcher.score(triples, on_batch=lambda idx, r: seen.append((threading.get_ident(), list(idx), r)))
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert sorted(i for _, idx, _ in seen for i in idx) == list(range(len(triples)))
+    assert {t for t, _, _ in seen} == {threading.get_ident()}
+    assert all(got[i] == r for _, idx, rs in seen for i, r in zip(idx, rs))
     assert len(set(round(x, 6) for x in expected)) > len(expected) // 2  # a real signal, not a constant
     # the reference per-prompt batches of 8 give the same rewards too
     per_prompt = score_per_prompt(rm, [triples[i:i + 4] for i in range(0, len(triples), 4)])
