@@ -65,15 +65,16 @@ def main() -> None:
         t0 = time.perf_counter()
         got = shared.generate_sync(reqs)
         four_shared = time.perf_counter() - t0
-        for call, x, y in zip(calls, ref, got):
-            px, py = judge.parse_result(x, call), judge.parse_result(y, call)
+        parsed = [judge.parse_result(x, call) for call, x in zip(calls, ref)]
+        for call, px, y in zip(calls, parsed, got):
+            py = judge.parse_result(y, call)
             assert px.ok == py.ok
             if px.ok:
                 diff = max(diff, abs(px.value - py.value))
         if k == 0:  # the unshared path against itself, one prompt at a time: float32 noise of other shapes
             alone = [plain.generate_sync([r])[0] for r in reqs]
-            noise = max(abs(judge.parse_result(x, c).value - judge.parse_result(y, c).value)
-                        for c, x, y in zip(calls, ref, alone) if judge.parse_result(x, c).ok)
+            noise = max(abs(px.value - judge.parse_result(y, call).value)
+                        for call, px, y in zip(calls, parsed, alone) if px.ok)
         ids = [tok(plain.render(r), add_special_tokens=False)["input_ids"] for r in reqs]
         common = len(__import__("os").path.commonprefix(ids))
         rows.append((one, four, four_shared, [len(x) for x in ids], common))

@@ -192,7 +192,7 @@ def plan(exp: Experiment, config_path: str, out_dir: Path, passthrough: list[str
         if raw.get("output_dir"):
             trained[_resolved(raw["output_dir"])] = name
     evaluate = ["run", config_path, "--out", str(out_dir), "--no-experiment", *(passthrough or [])]
-    not_evaluated = {name for path, name in trained.items() if evaluated is not None and path not in evaluated}
+    not_evaluated = set() if evaluated is None else {name for path, name in trained.items() if path not in evaluated}
     stages.append(Stage("evaluate", evaluate, [s.name for s in stages if s.name not in not_evaluated]))
     for b in exp.best_of:
         argv = ["rerank", "--candidates", str(out_dir), "--task", b.task, "--model", b.model,

@@ -171,25 +171,19 @@ class BucketedScorer:
                 done(*run(idx))
             return out
         with ThreadPoolExecutor(self.workers, thread_name_prefix="reward") as pool:
-            queue, running = iter(todo), set()
-            try:
-                while True:  # at most `workers` batches submitted: an error stops the rest at once
-                    running |= {pool.submit(run, idx) for idx in _take(queue, self.workers - len(running))}
-                    if not running:
-                        return out
+            running = set()  # at most `workers` batches in flight: an error submits no more
+            for idx in todo:
+                if len(running) == self.workers:
                     finished, running = wait(running, return_when=FIRST_COMPLETED)
                     for f in finished:
                         done(*f.result())
-            finally:
-                for f in running:
-                    f.cancel()
+                running.add(pool.submit(run, idx))
+            for f in wait(running).done:
+                done(*f.result())
+        return out
 
     def score(self, triples: Sequence[tuple], on_batch=None) -> list[float]:
         return self.score_ids(self.encode(triples), on_batch)
-
-
-def _take(it, n: int) -> list:
-    return [x for _, x in zip(range(n), it)]
 
 
 def score_one_at_a_time(scorer: RewardScorer, triples: Sequence[tuple]) -> list[float]:
